@@ -1,0 +1,96 @@
+"""The LightningDataModule every data set is served through, and the config-driven factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from main.datasets.cifar10 import Cifar10Source
+from main.datasets.common import SPLITS, EpochSampler, MirrorPairs, SplitSource
+from main.datasets.config import DatasetConfig
+from main.datasets.digits import DigitsSource
+from main.datasets.folder import FolderSource
+from main.datasets.imagenet import ImageNetSource
+from main.datasets.npz import NpzSource
+
+SOURCES: dict[str, type[SplitSource]] = {
+    "digits": DigitsSource,
+    "cifar10": Cifar10Source,
+    "imagenet": ImageNetSource,
+    "npz": NpzSource,
+    "folder": FolderSource,
+}
+
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Serves (uint8 [C, H, W] image, int label or -1) pairs of the train/val/test splits.
+
+    Splits are built on first use and cached; only the train split is flipped (if configured)
+    and shuffled, by a generator seeded from `seed`.
+    """
+
+    def __init__(
+        self,
+        dataset_cfg: DatasetConfig | DictConfig | Mapping[str, Any],
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        self.config = DatasetConfig.parse(dataset_cfg)
+        self.image_size, self.channels, self.num_classes = (self.config.image_size, self.config.channels, self.config.num_classes)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.source = SOURCES[self.config.format](self.config)
+        self._splits: dict[str, Dataset] = {}
+
+    def split(self, name: str) -> Dataset:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        if name not in self._splits:
+            dataset = self.source.split(name)
+            self._splits[name] = MirrorPairs(dataset) if name == "train" and self.config.flip else dataset
+        return self._splits[name]
+
+    def setup(self, stage: str | None = None) -> None:
+        for name in _STAGE_SPLITS.get(stage, SPLITS):
+            self.split(name)
+
+    def train_dataloader(self) -> DataLoader:
+        train = self.split("train")
+        n = train.n if isinstance(train, MirrorPairs) else len(train)
+        return self._loader("train", self.batch_size, sampler=EpochSampler(n, self.seed, flip=self.config.flip))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def _loader(self, name: str, batch_size: int, sampler: EpochSampler | None = None) -> DataLoader:
+        # Every loader gets its own generator (worker seeds), so iterating a loader never draws
+        # from the global RNG the model uses.
+        return DataLoader(
+            self.split(name),
+            batch_size=batch_size,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(self.seed),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def build_datamodule(
+    dataset_cfg: DictConfig | Mapping[str, Any], batch_size: int, num_workers: int = 0, seed: int = 0, eval_batch_size: int | None = None
+) -> ImageDataModule:
+    """Build the data module for a `configs/dataset/<name>.yaml` entry (dispatching on `format`/`name`)."""
+    return ImageDataModule(dataset_cfg, batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)

@@ -1,0 +1,165 @@
+"""The hierarchical VAE: encoder, top-down decoder and the discretized-logistic likelihood.
+
+Images enter as uint8 [B,C,H,W]; the encoder sees them normalised by the data set's mean and std,
+the likelihood scores them on the [-1, 1] grid of 2**bits levels. All losses are per dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from main.models.vdvae.blocks import check_decoder_blocks, check_encoder_blocks, parse_block_string, parse_widths
+from main.models.vdvae.decoder import Decoder, GroupChoice
+from main.models.vdvae.encoder import Encoder
+from main.models.vdvae.likelihood import DiscretizedMixtureLogistics
+from main.utils.errors import UserError
+
+
+@dataclass
+class ELBO:
+    """Per-sample terms of the negative ELBO, in nats per dimension ([B] tensors)."""
+
+    loss: torch.Tensor  # distortion + rate
+    distortion: torch.Tensor  # -log p(x | z)
+    rate: torch.Tensor  # sum over groups of KL(q || p)
+    kl_per_group: torch.Tensor  # [B, G]
+
+    @property
+    def bits_per_dim(self) -> torch.Tensor:
+        return self.loss / math.log(2)
+
+
+class HierarchicalVAE(nn.Module):
+    def __init__(
+        self,
+        image_size: int,
+        channels: int,
+        enc_blocks: str,
+        dec_blocks: str,
+        width: int,
+        zdim: int,
+        num_mixtures: int,
+        bottleneck_multiple: float = 0.25,
+        custom_widths: str | None = None,
+        no_bias_above: int = 64,
+        bits: int = 8,
+        num_classes: int = 0,
+        pixel_mean: float = 127.5,
+        pixel_std: float = 127.5,
+    ):
+        super().__init__()
+        if channels not in (1, 3):
+            raise UserError(f"images have {channels} channels: only 1 (grayscale) or 3 (RGB) are supported")
+        enc = parse_block_string(enc_blocks, "encoder")
+        dec = parse_block_string(dec_blocks, "decoder")
+        check_encoder_blocks(enc, image_size)
+        encoder_resolutions = {image_size} | {b.resolution // (b.down_rate or 1) for b in enc}
+        check_decoder_blocks(dec, image_size, encoder_resolutions)
+        widths = parse_widths(width, custom_widths)
+        self.image_size = image_size
+        self.channels = channels
+        self.num_classes = num_classes
+        self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(float(pixel_std)), persistent=False)
+        self.encoder = Encoder(channels, enc, widths, bottleneck_multiple, image_size)
+        self.decoder = Decoder(dec, widths, zdim, bottleneck_multiple, no_bias_above, image_size, num_classes)
+        self.likelihood = DiscretizedMixtureLogistics(widths[image_size], channels, num_mixtures, bits)
+
+    @property
+    def num_groups(self) -> int:
+        return self.decoder.num_groups
+
+    # ---- data ----------------------------------------------------------------------------------
+    def check_images(self, x: torch.Tensor) -> None:
+        expected = (self.channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise UserError(
+                f"images of shape {tuple(x.shape[1:])} do not fit a model for {expected} (C, H, W): "
+                "use the data set the model was trained on"
+            )
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the likelihood's grid in [-1, 1] (dropping low bits when bits < 8)."""
+        levels = self.likelihood.levels
+        q = torch.div(x.long(), 256 // (levels + 1), rounding_mode="floor")
+        return q.float() * (2.0 / levels) - 1.0
+
+    def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images -> uint8 for saving, spreading 2**bits levels over 0..255."""
+        levels = self.likelihood.levels
+        return torch.round(self.likelihood.to_levels(x) * (255.0 / levels)).to(torch.uint8)
+
+    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.pixel_mean) / self.pixel_std
+
+    def _choices(self, k: int, temperature: float | Sequence[float] = 1.0, noise=None) -> list[GroupChoice]:
+        temps = _per_group(temperature, self.num_groups, "temperature")
+        noise = noise or [None] * self.num_groups
+        return [GroupChoice(i < k, t, n) for i, (t, n) in enumerate(zip(temps, noise))]
+
+    # ---- training and evaluation -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> ELBO:
+        """Negative ELBO of uint8 images x [B,C,H,W] (labels: class ids, -1 for none)."""
+        activations = self.encoder(self._encoder_input(x))
+        features, _, kls = self.decoder(self._choices(self.num_groups), x.shape[0], activations, labels)
+        target = self.targets(x)
+        distortion = self.likelihood.nll_per_dim(self.likelihood(features), target)
+        dims = x[0].numel()
+        kl_per_group = torch.stack([kl.sum(dim=(1, 2, 3)) for kl in kls], dim=1) / dims
+        rate = kl_per_group.sum(dim=1)
+        return ELBO(distortion + rate, distortion, rate, kl_per_group)
+
+    # ---- generation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        temperature: float | Sequence[float] = 1.0,
+        generator: torch.Generator | None = None,
+        output: str = "sample",
+    ) -> torch.Tensor:
+        """n images in [-1, 1] from the prior; ``temperature`` scales each group's prior std."""
+        features, _, _ = self.decoder(self._choices(0, temperature), n, None, labels, generator)
+        return self.render(features, output, generator)
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        k: int | None = None,
+        temperature: float | Sequence[float] = 1.0,
+        generator: torch.Generator | None = None,
+        output: str = "sample",
+    ) -> torch.Tensor:
+        """Images in [-1, 1] with the first k groups from the posterior of x and the rest from the prior."""
+        k = self.num_groups if k is None else k
+        if not 0 <= k <= self.num_groups:
+            raise UserError(f"k={k} latent groups from the posterior: the model has {self.num_groups}, use 0..{self.num_groups}")
+        activations = self.encoder(self._encoder_input(x)) if k else None
+        features, _, _ = self.decoder(self._choices(k, temperature), x.shape[0], activations, labels, generator)
+        return self.render(features, output, generator)
+
+    def render(self, features: torch.Tensor, output: str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decoder features -> image: a draw from the likelihood ("sample") or its mean ("mean")."""
+        params = self.likelihood(features)
+        if output == "sample":
+            return self.likelihood.sample(params, generator)
+        if output == "mean":
+            return self.likelihood.mean(params)
+        raise UserError(f"unknown output {output!r}: use 'sample' or 'mean'")
+
+
+def _per_group(value: float | Sequence[float], n: int, name: str) -> list[float]:
+    values = [float(value)] * n if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != n:
+        raise UserError(f"{name} has {len(values)} values but the model has {n} latent groups: give one value or {n}")
+    if any(not (0.0 <= v <= 10.0) or math.isnan(v) for v in values):
+        raise UserError(f"{name} values must be in [0, 10], got {values if len(values) < 8 else '...'}")
+    return values

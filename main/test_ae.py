@@ -1,0 +1,173 @@
+"""Evaluate and sample a trained stage one from its checkpoint alone.
+
+    python main/test_ae.py checkpoint=outputs/run/checkpoints/last.ckpt
+    python main/test_ae.py checkpoint=... tasks=[samples] samples.n=10000 samples.temperature=0.9
+
+Writes to out_dir: results.json, and per task one PNG per image, a grid and an .npz.
+"""
+
+from __future__ import annotations
+
+try:  # first: sets up sys.path and threading before torch loads
+    from main import _bootstrap  # noqa: F401  (run as a package)
+except ModuleNotFoundError:
+    import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)
+import time
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from main.datasets import build_datamodule
+from main.models.vdvae import HierarchicalVAE
+from main.systems.stage_one import load_stage_one
+from main.utils.config import plain
+from main.utils.errors import UserError, exit_on_user_error
+from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
+from main.utils.results import write_results
+
+OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(Path(ckpt).parent.parent), replace=True)
+TASKS = ("bpd", "samples", "class_samples", "reconstructions")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def in_batches(n: int, batch_size: int):
+    for start in range(0, n, batch_size):
+        yield start, min(batch_size, n - start)
+
+
+def generate_to(folder: Path, n: int, batch_size: int, draw, overwrite: bool) -> tuple[torch.Tensor, float]:
+    """Call draw(start, count) -> uint8 images batch by batch, writing PNGs; returns (images, images/s)."""
+    chunks = []
+    start_time = time.perf_counter()
+    with staged_folder(folder, overwrite) as staging:
+        for start, count in in_batches(n, batch_size):
+            images = draw(start, count)
+            save_pngs(images, staging, start)
+            chunks.append(images.cpu())
+        seconds = time.perf_counter() - start_time
+    return torch.cat(chunks), n / seconds
+
+
+def test_bpd(system, data_cfg, cfg) -> tuple[dict, dict]:
+    datamodule = build_datamodule(data_cfg, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    datamodule.setup("test")
+    n_images = len(datamodule.split(cfg.bpd.split))
+    accelerator = "gpu" if pick_device(cfg.device).type == "cuda" else "cpu"
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    loader = {"test": datamodule.test_dataloader, "val": datamodule.val_dataloader}[cfg.bpd.split]()
+    start = time.perf_counter()
+    scores = trainer.test(system, dataloaders=loader, verbose=False)[0]
+    seconds = time.perf_counter() - start
+    metrics = {f"{cfg.bpd.split}_{k.split('/')[1]}": v for k, v in scores.items()}
+    return metrics, {"eval_images_per_s": n_images / seconds, "eval_images": n_images}
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    unknown = set(cfg.tasks) - set(TASKS)
+    if unknown:
+        raise UserError(f"unknown tasks {sorted(unknown)}: choose from {list(TASKS)}")
+    system, checkpoint = load_stage_one(cfg.checkpoint)
+    out_dir = Path(cfg.out_dir)
+    if (out_dir / "results.json").exists():
+        check_writable(out_dir, cfg.overwrite)
+    data_cfg = OmegaConf.merge(checkpoint["hyper_parameters"]["data"], cfg.dataset)
+    device = pick_device(cfg.device)
+    vae: HierarchicalVAE = system.ema_vae.to(device).eval()
+    metrics: dict = {}
+    timings: dict = {"train_seconds": checkpoint.get("callbacks", {}).get("TrainTimer", {}).get("train_seconds")}
+
+    if "bpd" in cfg.tasks:
+        m, t = test_bpd(system, data_cfg, cfg)
+        metrics.update(m)
+        timings.update(t)
+        vae.to(device)
+
+    def seeded(start: int) -> torch.Generator:  # per-batch seeds: images do not depend on what else was drawn
+        return torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + start)
+
+    if "samples" in cfg.tasks:
+        s = cfg.samples
+        temperature = plain(s.temperature)
+        images, rate = generate_to(
+            out_dir / "samples",
+            s.n,
+            cfg.batch_size,
+            lambda start, n: vae.to_uint8(vae.sample(n, temperature=temperature, generator=seeded(start), output=s.output)),
+            cfg.overwrite,
+        )
+        save_grid(images[:64], out_dir / "samples_grid.png")
+        save_npz(out_dir / "samples.npz", images=images)
+        timings["sampling_images_per_s"] = rate
+
+    if "class_samples" in cfg.tasks:
+        if not vae.num_classes:
+            raise UserError("class_samples needs a class-conditional model (trained with vae.model.num_classes > 0)")
+        c = cfg.class_samples
+        labels = torch.arange(vae.num_classes, device=device).repeat_interleave(c.n_per_class)
+        images, _ = generate_to(
+            out_dir / "class_samples",
+            len(labels),
+            cfg.batch_size,
+            lambda start, n: vae.to_uint8(
+                vae.sample(n, labels=labels[start : start + n], temperature=plain(c.temperature), generator=seeded(start), output=c.output)
+            ),
+            cfg.overwrite,
+        )
+        save_grid(images, out_dir / "class_samples_grid.png", nrow=c.n_per_class)
+        save_npz(out_dir / "class_samples.npz", images=images, labels=labels)
+
+    if "reconstructions" in cfg.tasks:
+        metrics.update(reconstructions(vae, data_cfg, cfg, out_dir, device, seeded))
+
+    results = write_results(
+        out_dir / "results.json",
+        task="test_ae",
+        config=plain(cfg),
+        checkpoint=str(cfg.checkpoint),
+        metrics={**metrics, "n_params": sum(p.numel() for p in vae.parameters()), "global_step": checkpoint.get("global_step")},
+        timings=timings,
+    )
+    return results
+
+
+def reconstructions(vae: HierarchicalVAE, data_cfg, cfg, out_dir: Path, device, seeded) -> dict:
+    """Rows of the grid: the test images, then their reconstructions keeping the first k groups."""
+    r = cfg.reconstructions
+    test = build_datamodule(data_cfg, batch_size=r.n).split("test")
+    if r.n > len(test):
+        raise UserError(f"reconstructions.n={r.n} but the test split has {len(test)} images")
+    items = [test[i] for i in range(r.n)]
+    x = torch.stack([img for img, _ in items]).to(device)
+    labels = torch.tensor([int(lbl) for _, lbl in items], device=device)
+    vae.check_images(x)
+    ks = [vae.num_groups if k == "all" else int(k) for k in r.k]
+    rows, metrics = [x.cpu()], {}
+    with staged_folder(out_dir / "reconstructions", cfg.overwrite) as staging:
+        for k in ks:
+            recon = vae.to_uint8(vae.reconstruct(x, labels, k=k, temperature=plain(r.temperature), generator=seeded(k), output=r.output))
+            (staging / f"k{k}").mkdir()
+            save_pngs(recon, staging / f"k{k}")
+            rows.append(recon.cpu())
+            metrics[f"recon_mse_k{k}"] = float(((recon.float() - x.float()) ** 2).mean())
+    save_grid(torch.cat(rows), out_dir / "reconstructions_grid.png", nrow=r.n)
+    return metrics
+
+
+@hydra.main(config_path="configs", config_name="test_ae", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    results = evaluate(cfg)
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
+    print(f"results: {shown}\nwritten to {Path(cfg.out_dir).resolve()}")
+
+
+if __name__ == "__main__":
+    main()

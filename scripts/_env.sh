@@ -1,0 +1,21 @@
+# Sourced by the other scripts: install pipenv if missing, sync the locked environment once,
+# and set what every command needs. Afterwards "$PY" is the project's python.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PIPENV_VENV_IN_PROJECT=1 PIPENV_VERBOSITY=-1 PIPENV_YES=1
+# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads starve the
+# ones doing work (measured 50x slower on 2 shared cores; see README, Performance).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+export HYDRA_FULL_ERROR="${HYDRA_FULL_ERROR:-0}"
+if ! command -v pipenv >/dev/null 2>&1; then
+  echo "installing pipenv ..."
+  python3 -m pip install --quiet --user pipenv || python3 -m pip install --quiet pipenv
+  export PATH="$(python3 -m site --user-base)/bin:$PATH"
+fi
+stamp=".venv/.synced-$(sha256sum Pipfile.lock | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "installing the locked environment into .venv (pipenv sync --dev; a few minutes the first time) ..."
+  pipenv sync --dev
+  touch "$stamp"
+fi
+PY="$PWD/.venv/bin/python"

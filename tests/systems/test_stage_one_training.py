@@ -1,0 +1,119 @@
+"""Training stage one: the loss falls, resume continues the same run, bad updates never land."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import tiny_train_config
+
+from main.datasets import build_datamodule
+from main.models.vdvae import HierarchicalVAE
+from main.systems.stage_one import StageOneSystem, load_stage_one
+from main.train_ae import build_system, build_trainer, train
+from main.utils.errors import UserError
+
+
+def val_bpd(vae: HierarchicalVAE, cfg) -> float:
+    torch.manual_seed(0)
+    val = build_datamodule(cfg.dataset, batch_size=200).val_dataloader()
+    with torch.no_grad():
+        losses = [vae(x, y).loss for x, y in val]
+    return float(torch.cat(losses).mean() / math.log(2))
+
+
+def fresh_system(cfg) -> StageOneSystem:
+    torch.manual_seed(cfg.seed)
+    return build_system(cfg)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny digits model trained for 135 steps (3 epochs), shared by the tests below."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = tiny_train_config(run_dir, "trainer.max_steps=135", "trainer.val_check_interval=45")
+    return cfg, train(cfg)
+
+
+def test_validation_bits_per_dim_falls(trained):
+    cfg, last = trained
+    before = val_bpd(fresh_system(cfg).vae, cfg)
+    system, checkpoint = load_stage_one(last)
+    after = val_bpd(system.ema_vae, cfg)
+    assert checkpoint["global_step"] == 135
+    assert after < before - 1.0, f"val bpd {before:.2f} -> {after:.2f}"
+
+
+def test_checkpoint_carries_config_and_loads_without_code(trained):
+    cfg, last = trained
+    checkpoint = torch.load(last, weights_only=True)  # raises if anything but data was pickled
+    assert checkpoint["stage"] == "vae"
+    assert checkpoint["hyper_parameters"]["model"]["width"] == 16
+    assert checkpoint["hyper_parameters"]["data"]["name"] == "digits"
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    """45 steps, stop, resume to 90 == 90 steps uninterrupted (weights, EMA, optimizer, counters)."""
+    straight = tiny_train_config(tmp_path / "a", "trainer.max_steps=90", "trainer.val_check_interval=45")
+    reference, _ = load_stage_one(train(straight))
+    first = tiny_train_config(tmp_path / "b", "trainer.max_steps=45", "trainer.val_check_interval=45")
+    train(first)
+    resumed_cfg = tiny_train_config(tmp_path / "b", "trainer.max_steps=90", "trainer.val_check_interval=45", "resume=true")
+    resumed, checkpoint = load_stage_one(train(resumed_cfg))
+    assert checkpoint["global_step"] == 90
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} differs after resume")
+
+
+def test_a_run_refuses_to_overwrite_its_checkpoints(trained):
+    cfg, _ = trained
+    with pytest.raises(UserError, match="already holds checkpoints: pass resume=true"):
+        train(cfg)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="resume=true but .*last.ckpt' does not exist"):
+        train(tiny_train_config(tmp_path, "resume=true"))
+
+
+def fit_and_keep_system(cfg) -> StageOneSystem:
+    """Run training in-process and return the system object the trainer updated (even if training raised)."""
+    system = build_system(cfg)
+    datamodule = build_datamodule(cfg.dataset, batch_size=cfg.vae.batch_size, seed=cfg.seed)
+    try:
+        build_trainer(cfg).fit(system, datamodule=datamodule)
+    except UserError as err:
+        system.error = err
+    return system
+
+
+def test_updates_past_the_skip_threshold_never_reach_the_weights(tmp_path):
+    cfg = tiny_train_config(tmp_path, "trainer.max_steps=20", "vae.optim.skip_threshold=1e-9", "vae.optim.max_consecutive_skips=5")
+    before = {k: v.clone() for k, v in build_system(cfg).state_dict().items()}
+    torch.manual_seed(cfg.seed)
+    system = fit_and_keep_system(cfg)
+    assert "5 updates in a row were skipped" in str(system.error)
+    assert int(system.skipped_updates) == 5
+    after = system.state_dict()
+    changed = [k for k, v in before.items() if k.startswith(("vae.", "ema.module.")) and not torch.equal(v, after[k])]
+    assert changed == []
+
+
+def test_a_nan_loss_is_skipped_and_counted(tmp_path, monkeypatch):
+    """One batch yields NaN: the update is skipped, counted, and no NaN reaches weights, EMA or checkpoint."""
+    original = HierarchicalVAE.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, labels=None):
+        elbo = original(self, x, labels)
+        calls["n"] += 1
+        if self.training and calls["n"] == 3:
+            elbo.loss = elbo.loss * float("nan")
+        return elbo
+
+    monkeypatch.setattr(HierarchicalVAE, "forward", poisoned)
+    cfg = tiny_train_config(tmp_path, "trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.num_sanity_val_steps=0")
+    system, _ = load_stage_one(train(cfg))
+    assert int(system.skipped_updates) == 1
+    assert all(torch.isfinite(v).all() for v in system.state_dict().values() if v.is_floating_point())
