@@ -100,6 +100,8 @@ def parse_widths(width: int, custom: str | None) -> dict[int, int]:
         except ValueError:
             raise UserError(f"bad custom_widths entry {entry!r}: use resolution:width pairs, e.g. 512:32,256:64") from None
         widths[res] = w
+    if width < 1 or any(w < 1 for w in widths.values()):
+        raise UserError(f"widths must be positive: width={width}, custom_widths={custom!r}")
     return _DefaultWidths(width, widths)
 
 
@@ -112,8 +114,11 @@ class _DefaultWidths(dict):
         return self.default
 
 
-def conv(in_ch: int, out_ch: int, kernel: int, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
+def conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
+    """A same-padded conv with zero-initialised bias (as VDVAE initialises every conv)."""
+    layer = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 def scale_(layer: nn.Conv2d, factor: float) -> nn.Conv2d:

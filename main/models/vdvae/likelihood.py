@@ -109,11 +109,16 @@ class DiscretizedMixtureLogistics(nn.Module):
         noise = torch.exp(log_scales) * (torch.log(u) - torch.log1p(-u))
         if params.coeffs is None:
             return (means + noise).clamp(-1, 1)
+        # G and B are conditioned on the *level* of the channels before them, as log_prob scores them.
         coeffs = (params.coeffs * pick).sum(2)
-        r = (means[:, 0] + noise[:, 0]).clamp(-1, 1)
-        g = (means[:, 1] + coeffs[:, 0] * r + noise[:, 1]).clamp(-1, 1)
+        r = self.snap((means[:, 0] + noise[:, 0]).clamp(-1, 1))
+        g = self.snap((means[:, 1] + coeffs[:, 0] * r + noise[:, 1]).clamp(-1, 1))
         b = (means[:, 2] + coeffs[:, 1] * r + coeffs[:, 2] * g + noise[:, 2]).clamp(-1, 1)
         return torch.stack([r, g, b], dim=1)
+
+    def snap(self, x: torch.Tensor) -> torch.Tensor:
+        """Round [-1, 1] values to the nearest level's position on the grid."""
+        return self.to_levels(x).float() * (2.0 / self.levels) - 1.0
 
     def mean(self, params: MixtureParams) -> torch.Tensor:
         """Mixture mean in [-1, 1] (ignoring the bin edges): a deterministic image for the refiner."""

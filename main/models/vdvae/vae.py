@@ -61,6 +61,11 @@ class HierarchicalVAE(nn.Module):
         encoder_resolutions = {image_size} | {b.resolution // (b.down_rate or 1) for b in enc}
         check_decoder_blocks(dec, image_size, encoder_resolutions)
         widths = parse_widths(width, custom_widths)
+        if zdim < 1 or num_mixtures < 1:
+            raise UserError(f"zdim={zdim} and num_mixtures={num_mixtures} must both be at least 1")
+        narrowest = min(int(widths[b.resolution] * bottleneck_multiple) for b in enc + dec)
+        if narrowest < 1:
+            raise UserError(f"width x bottleneck_multiple ({bottleneck_multiple}) leaves blocks with no channels: raise width or bottleneck_multiple")
         self.image_size = image_size
         self.channels = channels
         self.num_classes = num_classes
