@@ -90,7 +90,7 @@ def evaluate(cfg: DictConfig) -> dict:
         timings.update(t)
         vae.to(device)
 
-    def seeded(start: int) -> torch.Generator:  # per-batch seeds: images do not depend on what else was drawn
+    def seeded(start: int) -> torch.Generator:  # a seed per batch: the same command draws the same images
         return torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + start)
 
     if "samples" in cfg.tasks:

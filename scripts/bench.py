@@ -6,6 +6,7 @@ evaluation and sampling images/s, peak resident memory; plus, for the small pres
 training step under bf16 autocast and channels_last, interleaved with fp32 so the ratios are fair
 on a noisy machine. Synthetic uint8 batches: the data pipeline is not what is measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,16 @@ def train_step_seconds(cfg, batch: int, steps: int, precision: str = "32", chann
     loader = DataLoader(TensorDataset(images, torch.full((len(images),), -1)), batch_size=batch)
     timer = StepTimer().callback
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
     )
     trainer.fit(system, train_dataloaders=loader)
     return timer.times

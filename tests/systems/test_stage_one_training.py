@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def fresh_system(cfg) -> StageOneSystem:
 def trained(tmp_path_factory):
     """A tiny digits model trained for 135 steps (3 epochs), shared by the tests below."""
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = tiny_train_config(run_dir, "trainer.max_steps=135", "trainer.val_check_interval=45")
+    cfg = tiny_train_config(run_dir, "trainer.max_steps=135", "trainer.val_check_interval=45", "samples.every_n_steps=45", "samples.n=4")
     return cfg, train(cfg)
 
 
@@ -43,6 +44,18 @@ def test_validation_bits_per_dim_falls(trained):
     after = val_bpd(system.ema_vae, cfg)
     assert checkpoint["global_step"] == 135
     assert after < before - 1.0, f"val bpd {before:.2f} -> {after:.2f}"
+
+
+def test_sample_grids_are_written_every_n_steps(trained):
+    cfg, _ = trained
+    grids = sorted(p.name for p in (Path(cfg.run_dir) / "samples").glob("*.png"))
+    assert grids == ["step_0000045.png", "step_0000090.png", "step_0000135.png"]
+
+
+def test_metrics_are_logged_to_csv(trained):
+    cfg, _ = trained
+    header = next((Path(cfg.run_dir) / "logs").glob("*/metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"train/bpd", "train/grad_norm", "train/skipped_updates", "val/bpd", "val/active_groups"} <= set(header)
 
 
 def test_checkpoint_carries_config_and_loads_without_code(trained):
@@ -117,3 +130,14 @@ def test_a_nan_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     system, _ = load_stage_one(train(cfg))
     assert int(system.skipped_updates) == 1
     assert all(torch.isfinite(v).all() for v in system.state_dict().values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(("logger", "expected"), [("csv", "CSVLogger"), ("tensorboard", "TensorBoardLogger"), ("wandb", "WandbLogger")])
+def test_each_logger_config_builds_and_wandb_stays_offline(tmp_path, logger, expected):
+    from hydra.utils import instantiate
+
+    cfg = tiny_train_config(tmp_path, f"logger={logger}")
+    built = instantiate(cfg.logger)
+    assert type(built).__name__ == expected
+    if logger == "wandb":
+        assert cfg.logger.offline is True

@@ -65,7 +65,9 @@ class HierarchicalVAE(nn.Module):
             raise UserError(f"zdim={zdim} and num_mixtures={num_mixtures} must both be at least 1")
         narrowest = min(int(widths[b.resolution] * bottleneck_multiple) for b in enc + dec)
         if narrowest < 1:
-            raise UserError(f"width x bottleneck_multiple ({bottleneck_multiple}) leaves blocks with no channels: raise width or bottleneck_multiple")
+            raise UserError(
+                f"width x bottleneck_multiple ({bottleneck_multiple}) leaves blocks with no channels: raise width or bottleneck_multiple"
+            )
         self.image_size = image_size
         self.channels = channels
         self.num_classes = num_classes

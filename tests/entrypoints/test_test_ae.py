@@ -1,0 +1,124 @@
+"""Evaluation and sampling from a checkpoint alone, and the checkpoint checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from helpers import compose_config, tiny_train_config
+from PIL import Image
+
+from main.test_ae import evaluate
+from main.train_ae import train
+from main.utils.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    return train(tiny_train_config(run_dir, "trainer.max_steps=10", "trainer.val_check_interval=10"))
+
+
+def eval_config(checkpoint, out_dir, *overrides):
+    return compose_config(
+        "test_ae",
+        [f"checkpoint={checkpoint}", f"out_dir={out_dir}", "num_workers=0", "batch_size=16", "device=cpu", *overrides],
+    )
+
+
+def test_every_task_writes_images_grids_npz_and_results(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    cfg = eval_config(
+        checkpoint,
+        out,
+        "tasks=[bpd,samples,class_samples,reconstructions]",
+        "samples.n=20",
+        "class_samples.n_per_class=2",
+        "reconstructions.n=3",
+        "reconstructions.k=[0,all]",
+    )
+    results = evaluate(cfg)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["metrics"] == pytest.approx(results["metrics"])
+    assert set(on_disk) == {"task", "checkpoint", "metrics", "timings", "config", "versions"}
+    metrics = on_disk["metrics"]
+    assert 0 < metrics["test_bpd"] < 16 and metrics["n_params"] > 0 and metrics["global_step"] == 10
+    assert on_disk["timings"]["train_seconds"] > 0 and on_disk["timings"]["sampling_images_per_s"] > 0
+    pngs = sorted((out / "samples").glob("*.png"))
+    assert len(pngs) == 20 and np.asarray(Image.open(pngs[0])).shape == (8, 8)
+    assert np.load(out / "samples.npz")["images"].shape == (20, 8, 8, 1)
+    class_npz = np.load(out / "class_samples.npz")
+    assert class_npz["images"].shape == (20, 8, 8, 1) and list(class_npz["labels"]) == [c for c in range(10) for _ in range(2)]
+    assert sorted(p.name for p in (out / "reconstructions").iterdir())[0] == "k0"
+    assert len(list((out / "reconstructions").glob("k*/*.png"))) == 6
+    for grid in ["samples_grid.png", "class_samples_grid.png", "reconstructions_grid.png"]:
+        assert (out / grid).stat().st_size > 0
+    assert not list(tmp_path.glob("**/.*.partial"))
+
+
+def test_existing_results_are_not_overwritten_unless_asked(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    evaluate(eval_config(checkpoint, out, "tasks=[samples]", "samples.n=4"))
+    first = (out / "samples" / "000000.png").read_bytes()
+    with pytest.raises(UserError, match="already holds results: pass overwrite=true"):
+        evaluate(eval_config(checkpoint, out, "tasks=[samples]", "samples.n=4", "seed=1"))
+    assert (out / "samples" / "000000.png").read_bytes() == first
+    evaluate(eval_config(checkpoint, out, "tasks=[samples]", "samples.n=4", "seed=1", "overwrite=true"))
+    assert (out / "samples" / "000000.png").read_bytes() != first
+
+
+def test_sampling_is_repeatable_under_a_seed(checkpoint, tmp_path):
+    evaluate(eval_config(checkpoint, tmp_path / "a", "tasks=[samples]", "samples.n=8"))
+    evaluate(eval_config(checkpoint, tmp_path / "b", "tasks=[samples]", "samples.n=8"))
+    evaluate(eval_config(checkpoint, tmp_path / "c", "tasks=[samples]", "samples.n=8", "seed=1"))
+    a, b, c = (np.load(tmp_path / d / "samples.npz")["images"] for d in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_temperature_list_must_match_the_latent_groups(checkpoint, tmp_path):
+    with pytest.raises(UserError, match="temperature has 2 values but the model has 10 latent groups"):
+        evaluate(eval_config(checkpoint, tmp_path, "tasks=[samples]", "samples.temperature=[0.5,0.5]"))
+
+
+def test_unknown_task_is_a_clear_error(checkpoint, tmp_path):
+    with pytest.raises(UserError, match=r"unknown tasks \['fid'\]"):
+        evaluate(eval_config(checkpoint, tmp_path, "tasks=[fid]"))
+
+
+def test_checkpoint_of_another_stage_is_refused(checkpoint, tmp_path):
+    other = torch.load(checkpoint, weights_only=True)
+    other["stage"] = "ddpm"
+    torch.save(other, tmp_path / "ddpm.ckpt")
+    with pytest.raises(UserError, match="is of stage 'ddpm', but this command needs a 'vae' checkpoint"):
+        evaluate(eval_config(tmp_path / "ddpm.ckpt", tmp_path / "out"))
+
+
+def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
+    data = checkpoint.read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="is truncated or corrupt"):
+        evaluate(eval_config(tmp_path / "cut.ckpt", tmp_path / "out"))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['GENVAE_PWNED']}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("GENVAE_PWNED", str(marker))
+    with open(tmp_path / "evil.ckpt", "wb") as f:
+        torch.save({"state_dict": {}, "stage": "vae", "payload": _RunsCode()}, f, pickle_module=pickle)
+    with pytest.raises(UserError, match="holds objects other than tensors and plain data"):
+        evaluate(eval_config(tmp_path / "evil.ckpt", tmp_path / "out"))
+    assert not marker.exists()
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist: pass the path of a .ckpt file"):
+        evaluate(eval_config(tmp_path / "nope.ckpt", tmp_path / "out"))
