@@ -8,7 +8,7 @@ Writes to out_dir: results.json, and per task one PNG per image, a grid and an .
 
 from __future__ import annotations
 
-try:  # first: sets up sys.path and threading before torch loads
+try:  # first: puts the repository on sys.path
     from main import _bootstrap  # noqa: F401  (run as a package)
 except ModuleNotFoundError:
     import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)

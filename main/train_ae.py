@@ -7,7 +7,7 @@ python main/train_ae.py ... resume=true                                         
 
 from __future__ import annotations
 
-try:  # first: sets up sys.path and threading before torch loads
+try:  # first: puts the repository on sys.path
     from main import _bootstrap  # noqa: F401  (run as a package)
 except ModuleNotFoundError:
     import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)

@@ -3,9 +3,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PIPENV_VENV_IN_PROJECT=1 PIPENV_VERBOSITY=-1 PIPENV_YES=1
-# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads starve the
-# ones doing work (measured 50x slower on 2 shared cores; see README, Performance).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export HYDRA_FULL_ERROR="${HYDRA_FULL_ERROR:-0}"
 if ! command -v pipenv >/dev/null 2>&1; then
   echo "installing pipenv ..."

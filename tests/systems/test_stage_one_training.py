@@ -43,7 +43,7 @@ def test_validation_bits_per_dim_falls(trained):
     system, checkpoint = load_stage_one(last)
     after = val_bpd(system.ema_vae, cfg)
     assert checkpoint["global_step"] == 135
-    assert after < before - 1.0, f"val bpd {before:.2f} -> {after:.2f}"
+    assert after < before - 0.3, f"val bpd {before:.2f} -> {after:.2f}"
 
 
 def test_sample_grids_are_written_every_n_steps(trained):
