@@ -40,7 +40,9 @@ class StageOneSystem(pl.LightningModule):
     def configure_optimizers(self):
         o = self.hparams.optim
         # fused: one kernel for all tensors (measured 3.5x faster than the default on the CPU, 39M parameters)
-        optimizer = torch.optim.AdamW(self.vae.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"], fused=True)
+        optimizer = torch.optim.AdamW(
+            self.vae.parameters(), lr=o["lr"], betas=tuple(o["betas"]), weight_decay=o["weight_decay"], fused=True
+        )
         warmup = max(1, int(o["warmup_steps"]))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
