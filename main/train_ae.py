@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from main.callbacks.sample_grid import SampleGrid
@@ -79,7 +80,7 @@ def train(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
     last = train(cfg)
-    print(f"trained in {time.perf_counter() - start:.0f} s; last checkpoint: {last}")
+    rank_zero_info(f"trained in {time.perf_counter() - start:.0f} s; last checkpoint: {last}")
 
 
 if __name__ == "__main__":
