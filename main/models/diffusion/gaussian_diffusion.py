@@ -218,10 +218,11 @@ class GaussianDiffusion:
     def training_loss(self, model, x_start, y=None, t=None, noise=None, model_kwargs=None, generator=None):
         """Per-sample MSE [N] between the network output and its target (eps or v) at random steps t."""
         n = x_start.shape[0]
+        gen_device = generator.device if generator is not None else x_start.device  # draw where the generator lives
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (n,), generator=generator, device="cpu").to(x_start.device)
+            t = torch.randint(0, self.num_timesteps, (n,), generator=generator, device=gen_device).to(x_start.device)
         if noise is None:
-            noise = torch.randn(x_start.shape, generator=generator, device="cpu", dtype=x_start.dtype).to(x_start.device)
+            noise = torch.randn(x_start.shape, generator=generator, device=gen_device, dtype=x_start.dtype).to(x_start.device)
         x_t = self.q_sample(x_start, t, y, noise)
         model_output = model(self.model_input(x_t, y), self.map_timesteps(t), **(model_kwargs or {}))
         target = self.training_target(x_start, noise, t)
