@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -36,27 +38,20 @@ def compose_preset(preset: str):
         return compose("train_ae", overrides=["dataset=cifar10", f"vae={preset}", "run_dir=/tmp/unused", "name=bench"])
 
 
-class StepTimer:
-    """Times each training batch (start of the batch to the end of its optimizer/EMA update)."""
+class StepTimer(pl.Callback):
+    """Times each training batch, from its start to the end of its optimizer and EMA update."""
 
     def __init__(self):
-        import lightning.pytorch as pl
+        self.times: list[float] = []
 
-        class _Timer(pl.Callback):
-            def __init__(self):
-                self.times = []
+    def on_train_batch_start(self, *args) -> None:
+        self._start = time.perf_counter()
 
-            def on_train_batch_start(self, *args):
-                self._start = time.perf_counter()
-
-            def on_train_batch_end(self, *args):
-                self.times.append(time.perf_counter() - self._start)
-
-        self.callback = _Timer()
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter() - self._start)
 
 
 def train_step_seconds(cfg, batch: int, steps: int, precision: str = "32", channels_last: bool = False) -> list[float]:
-    import lightning.pytorch as pl
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -67,7 +62,7 @@ def train_step_seconds(cfg, batch: int, steps: int, precision: str = "32", chann
     system = build_system(cfg)
     images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8)
     loader = DataLoader(TensorDataset(images, torch.full((len(images),), -1)), batch_size=batch)
-    timer = StepTimer().callback
+    timer = StepTimer()
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
