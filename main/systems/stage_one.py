@@ -80,7 +80,7 @@ class StageOneSystem(pl.LightningModule):
         self.manual_backward(loss)
         grad_norm = self._clip_gradients()
         o = self.hparams.optim
-        healthy = bool(torch.isfinite(loss) and torch.isfinite(grad_norm) and grad_norm < o["skip_threshold"])
+        healthy = bool(torch.isfinite(loss) & torch.isfinite(grad_norm) & (grad_norm < o["skip_threshold"]))  # one host sync
         if healthy:
             optimizer.step()
             self.lr_schedulers().step()

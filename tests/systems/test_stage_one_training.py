@@ -141,3 +141,11 @@ def test_each_logger_config_builds_and_wandb_stays_offline(tmp_path, logger, exp
     assert type(built).__name__ == expected
     if logger == "wandb":
         assert cfg.logger.offline is True
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_the_cpu(tmp_path, precision):
+    cfg = tiny_train_config(tmp_path, f"trainer.precision={precision}", "trainer.max_steps=5", "trainer.val_check_interval=5")
+    system, checkpoint = load_stage_one(train(cfg))
+    assert checkpoint["global_step"] == 5 and int(system.skipped_updates) == 0
+    assert all(torch.isfinite(v).all() for v in system.state_dict().values() if v.is_floating_point())
