@@ -1,4 +1,5 @@
 """Lets `python main/<entry>.py` import the `main` package (the repository root is not on sys.path then)."""
+
 import sys
 from pathlib import Path
 

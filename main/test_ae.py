@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from main.datasets import build_datamodule
+from main.evaluation import batch_generator, generate_to, pick_device
 from main.models.vdvae import HierarchicalVAE
 from main.systems.stage_one import load_stage_one
 from main.utils.config import plain
@@ -28,32 +29,7 @@ from main.utils.errors import UserError, exit_on_user_error
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
 from main.utils.results import write_results
 
-OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(Path(ckpt).parent.parent), replace=True)
 TASKS = ("bpd", "samples", "class_samples", "reconstructions")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def in_batches(n: int, batch_size: int):
-    for start in range(0, n, batch_size):
-        yield start, min(batch_size, n - start)
-
-
-def generate_to(folder: Path, n: int, batch_size: int, draw, overwrite: bool) -> tuple[torch.Tensor, float]:
-    """Call draw(start, count) -> uint8 images batch by batch, writing PNGs; returns (images, images/s)."""
-    chunks = []
-    start_time = time.perf_counter()
-    with staged_folder(folder, overwrite) as staging:
-        for start, count in in_batches(n, batch_size):
-            images = draw(start, count)
-            save_pngs(images, staging, start)
-            chunks.append(images.cpu())
-        seconds = time.perf_counter() - start_time
-    return torch.cat(chunks), n / seconds
 
 
 def test_bpd(system, data_cfg, cfg) -> tuple[dict, dict]:
@@ -90,37 +66,43 @@ def evaluate(cfg: DictConfig) -> dict:
         timings.update(t)
         vae.to(device)
 
-    def seeded(start: int) -> torch.Generator:  # a seed per batch: the same command draws the same images
-        return torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + start)
+    def seeded(start: int) -> torch.Generator:
+        return batch_generator(cfg.seed, start, device)
 
     if "samples" in cfg.tasks:
         s = cfg.samples
         temperature = plain(s.temperature)
-        images, rate = generate_to(
-            out_dir / "samples",
+        drawn, seconds = generate_to(
+            {"samples": out_dir / "samples"},
             s.n,
             cfg.batch_size,
-            lambda start, n: vae.to_uint8(vae.sample(n, temperature=temperature, generator=seeded(start), output=s.output)),
+            lambda start, n: {"samples": vae.to_uint8(vae.sample(n, temperature=temperature, generator=seeded(start), output=s.output))},
             cfg.overwrite,
         )
+        images = drawn["samples"]
         save_grid(images[:64], out_dir / "samples_grid.png")
         save_npz(out_dir / "samples.npz", images=images)
-        timings["sampling_images_per_s"] = rate
+        timings["sampling_images_per_s"] = s.n / seconds
 
     if "class_samples" in cfg.tasks:
         if not vae.num_classes:
             raise UserError("class_samples needs a class-conditional model (trained with vae.model.num_classes > 0)")
         c = cfg.class_samples
         labels = torch.arange(vae.num_classes, device=device).repeat_interleave(c.n_per_class)
-        images, _ = generate_to(
-            out_dir / "class_samples",
+        drawn, _ = generate_to(
+            {"class_samples": out_dir / "class_samples"},
             len(labels),
             cfg.batch_size,
-            lambda start, n: vae.to_uint8(
-                vae.sample(n, labels=labels[start : start + n], temperature=plain(c.temperature), generator=seeded(start), output=c.output)
-            ),
+            lambda start, n: {
+                "class_samples": vae.to_uint8(
+                    vae.sample(
+                        n, labels=labels[start : start + n], temperature=plain(c.temperature), generator=seeded(start), output=c.output
+                    )
+                )
+            },
             cfg.overwrite,
         )
+        images = drawn["class_samples"]
         save_grid(images, out_dir / "class_samples_grid.png", nrow=c.n_per_class)
         save_npz(out_dir / "class_samples.npz", images=images, labels=labels)
 

@@ -16,3 +16,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 PY="$PWD/.venv/bin/python"
+
+# need_checkpoint <usage> "$@": stop with the usage line unless the first argument is a checkpoint path (not an override).
+need_checkpoint() {
+  local usage="$1"; shift
+  if [ $# -lt 1 ] || [[ "$1" == *=* ]]; then
+    echo "usage: $usage" >&2
+    exit 2
+  fi
+}

@@ -1,10 +1,19 @@
-"""Speed of stage one, printed as JSON: `bash scripts/bench.sh stage1 [--quick]`.
+"""Speed benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2 [--quick]`.
 
-For each preset, in its own process (so peak memory is its own): the median time of a real
-training step (Lightning's loop with our system: forward, backward, clipping, AdamW, EMA),
-evaluation and sampling images/s, peak resident memory; plus, for the small preset, the same
-training step under bf16 autocast and channels_last, interleaved with fp32 so the ratios are fair
-on a noisy machine. Synthetic uint8 batches: the data pipeline is not what is measured.
+Each preset is measured in its own process (so peak memory is its own), with the load average
+before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
+data pipeline is not what is measured. Set OMP_NUM_THREADS to pin the thread count (reported).
+
+stage1 (the VAE presets): the median time of a real training step (Lightning's loop with our
+system: forward, backward, clipping, AdamW, EMA), evaluation and sampling images/s, peak resident
+memory; plus, for the small preset, the same training step under bf16 autocast and channels_last,
+interleaved with fp32 so the ratios are fair on a noisy machine.
+
+stage2 (the denoiser UNet presets, formulation 1, 32x32, fp32): the median time and images/s of a
+training step (GaussianDiffusion.training_loss forward, backward, gradient clipping at 1.0, fused
+Adam at lr 2e-4) and the median time of one sampling step (one denoiser evaluation plus the update,
+no grad, eval mode) for the ddpm and ddim samplers on a respaced chain; and end to end, two-stage
+images/s (stage-one VAE samples of the cifar10_cpu preset refined with DDIM) at 10, 25, 50 and 1000 steps.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ import lightning.pytorch as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PRESETS = {"small": "cifar10_cpu", "cifar10": "cifar10"}
+PRESETS = {"small": "cifar10_cpu", "cifar10": "cifar10"}  # stage1: name -> VAE config
+UNET_PRESETS = ["small", "cifar10"]  # stage2: names in main.models.diffusion.unet.UNET_PRESETS
 
 
 def load_average() -> float:
@@ -36,6 +46,13 @@ def compose_preset(preset: str):
 
     with initialize_config_dir(config_dir=str(ROOT / "main" / "configs"), version_base="1.3"):
         return compose("train_ae", overrides=["dataset=cifar10", f"vae={preset}", "run_dir=/tmp/unused", "name=bench"])
+
+
+def compose_ddpm(preset: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "main" / "configs"), version_base="1.3"):
+        return compose("train_ddpm", overrides=["dataset=cifar10", f"ddpm={preset}", "run_dir=/tmp/unused", "name=bench", "stage_one=null"])
 
 
 class StepTimer(pl.Callback):
@@ -79,7 +96,7 @@ def train_step_seconds(cfg, batch: int, steps: int, precision: str = "32", chann
     return timer.times
 
 
-def measure(name: str, quick: bool) -> dict:
+def measure_stage1(name: str, quick: bool) -> dict:
     import torch
 
     from main.models.vdvae import HierarchicalVAE
@@ -88,7 +105,6 @@ def measure(name: str, quick: bool) -> dict:
     cfg = compose_preset(PRESETS[name])
     batch = 16
     steps, warmup = (4, 1) if name == "cifar10" or quick else (12, 2)
-    load_before = load_average()
     step_times = train_step_seconds(cfg, batch, steps + warmup)[warmup:]
     result = {
         "preset": PRESETS[name],
@@ -108,17 +124,16 @@ def measure(name: str, quick: bool) -> dict:
         n_params=n_params,
         eval_images_per_s=batch / statistics.median(evals),
         sample_images_per_s=batch / statistics.median(samples),
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        load_average_before=load_before,
-        load_average_after=load_average(),
     )
     if name == "small" and not quick:
         result["variants"] = variants(cfg, batch)
     return result
 
 
-def timed(fn, n: int) -> list[float]:
-    fn()
+def timed(fn, n: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of n calls of fn, after warmup untimed calls."""
+    for _ in range(warmup):
+        fn()
     out = []
     for _ in range(n):
         start = time.perf_counter()
@@ -138,14 +153,141 @@ def variants(cfg, batch: int, rounds: int = 3, steps: int = 6) -> dict:
     return {k: {"train_step_s_median": statistics.median(v), "speed_vs_fp32": fp32 / statistics.median(v)} for k, v in medians.items()}
 
 
+def diffusion_train_step(model, diffusion, batch: int, clip: float = 1.0, lr: float = 2e-4):
+    """A closure running one formulation-1 training step (loss, backward, clipping, fused Adam) on fixed data."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    x_start = torch.rand(batch, model.out_channels, model.image_size, model.image_size) * 2 - 1
+    y = (x_start + 0.1 * torch.randn_like(x_start)).clamp(-1, 1)  # a stand-in for the stage-one image
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        diffusion.training_loss(model, x_start, y).mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+
+    return step
+
+
+def sampling_step_seconds(model, diffusion, batch: int, sampler: str, steps: int, warmup: int = 1) -> list[float]:
+    """Seconds of each step of a `steps`-step respaced chain (eval mode, no grad), the first `warmup` dropped."""
+    import torch
+
+    from main.models.diffusion.respace import respaced
+    from main.models.diffusion.samplers import sample_loop_progressive
+
+    model.eval()
+    y = torch.rand(batch, model.out_channels, model.image_size, model.image_size) * 2 - 1
+    times = []
+    start = time.perf_counter()
+    for _ in sample_loop_progressive(respaced(diffusion, steps), model, y=y, sampler=sampler):
+        now = time.perf_counter()
+        times.append(now - start)
+        start = now
+    return times[warmup:]
+
+
+def two_stage_system(unet_preset: str):
+    """A refiner of the `unet_preset` UNet over the cifar10_cpu VAE (random weights: speed does not depend on them)."""
+    from main.models.diffusion.unet import unet_kwargs
+    from main.systems.stage_two import StageTwoSystem
+    from main.utils.config import plain
+
+    cfg = compose_preset("cifar10_cpu")
+    ddpm = plain(compose_ddpm("cifar10").ddpm)
+    return StageTwoSystem(
+        unet=unet_kwargs(unet_preset, "form1"),
+        diffusion=ddpm["diffusion"],
+        conditioning=ddpm["conditioning"],
+        optim=ddpm["optim"],
+        data=plain(cfg.dataset),
+        stage_one={"checkpoint": None, "model": plain(cfg.vae.model), "data": plain(cfg.dataset), "global_step": 0},
+    ).eval()
+
+
+def end_to_end(name: str, batch: int, quick: bool, per_step_s: float) -> dict:
+    """Two-stage images/s (VAE sample + DDIM refinement of it) at 10, 25, 50 and 1000 steps.
+
+    The 1000-step chain of the 35.7M UNet would take ~20 min at batch 8 on this CPU, so for it the figure is
+    the measured stage-one time plus 1000 measured per-step times, marked "estimated".
+    """
+    system = two_stage_system(name)
+    stage_one = timed(lambda: system.stage_one_samples(batch), 3)
+    result = {"stage_one_images_per_s": batch / statistics.median(stage_one)}
+    for steps in [10] if quick else [10, 25, 50, 1000]:
+        if steps == 1000 and name != "small":
+            seconds = statistics.median(stage_one) + steps * per_step_s
+            result[f"steps_{steps}"] = {"images_per_s": batch / seconds, "estimated": True}
+            continue
+        start = time.perf_counter()
+        system.generate(batch, {"name": "ddim", "steps": steps})
+        seconds = time.perf_counter() - start
+        result[f"steps_{steps}"] = {"images_per_s": batch / seconds, "seconds": seconds}
+    return result
+
+
+def measure_stage2(name: str, quick: bool) -> dict:
+    import torch
+
+    from main.models.diffusion.gaussian_diffusion import GaussianDiffusion
+    from main.models.diffusion.schedules import get_beta_schedule
+    from main.models.diffusion.unet import build_unet
+
+    batch, formulation = 8, "form1"
+    steps = 4 if quick else 10
+    sample_steps = 4 if quick else 8
+    torch.manual_seed(0)
+    model = build_unet(name, formulation)
+    diffusion = GaussianDiffusion(get_beta_schedule("linear", 1000), formulation=formulation)
+    model.train()
+    step_times = timed(diffusion_train_step(model, diffusion, batch), steps, warmup=2)
+    train = {"step_s_median": statistics.median(step_times), "step_s_all": step_times}
+    train["images_per_s"] = batch / train["step_s_median"]
+    sampling = {}
+    for sampler in ["ddpm", "ddim"]:
+        times = sampling_step_seconds(model, diffusion, batch, sampler, sample_steps + 1)
+        sampling[sampler] = {"step_s_median": statistics.median(times), "step_s_all": times}
+    end_to_end_result = end_to_end(name, batch, quick, sampling["ddim"]["step_s_median"])
+    return {
+        "preset": name,
+        "formulation": formulation,
+        "image_size": model.image_size,
+        "batch": batch,
+        "precision": "fp32",
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train": train,
+        "sampling": sampling,
+        "end_to_end": end_to_end_result,
+    }
+
+
+SUITES = {"stage1": (list(PRESETS), measure_stage1), "stage2": (UNET_PRESETS, measure_stage2)}
+
+
+def measure_in_this_process(suite: str, name: str, quick: bool) -> dict:
+    """One preset of a suite, with the machine's load around it and this process's peak memory."""
+    load_before = load_average()
+    result = SUITES[suite][1](name, quick)
+    result.update(
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        load_average_before=load_before,
+        load_average_after=load_average(),
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("suite", choices=["stage1"])
+    parser.add_argument("suite", choices=list(SUITES))
     parser.add_argument("--quick", action="store_true", help="small preset only, fewer steps")
-    parser.add_argument("--preset", choices=list(PRESETS), help="internal: measure one preset in this process")
+    parser.add_argument("--preset", help="internal: measure one preset of the suite in this process")
     args = parser.parse_args()
+    presets = SUITES[args.suite][0]
     if args.preset:
-        print(json.dumps(measure(args.preset, args.quick)))
+        if args.preset not in presets:
+            parser.error(f"--preset must be one of {', '.join(presets)} for {args.suite}")
+        print(json.dumps(measure_in_this_process(args.suite, args.preset, args.quick)))
         return
     import torch
 
@@ -157,7 +299,7 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "results": {},
     }
-    for name in ["small"] if args.quick else list(PRESETS):
+    for name in ["small"] if args.quick else presets:
         cmd = [sys.executable, __file__, args.suite, "--preset", name] + (["--quick"] if args.quick else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         report["results"][name] = json.loads(out.strip().splitlines()[-1])

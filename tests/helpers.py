@@ -10,6 +10,17 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "main" / "configs"
 
+# Training settings of every tiny test run: in-process data, CSV logs, no grids or progress bars, one CPU device.
+QUIET_CPU_TRAINING = [
+    "num_workers=0",
+    "logger=csv",
+    "samples.every_n_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+]
+
 # A digits model small enough to train in seconds.
 TINY_DIGITS = [
     "dataset=digits",
@@ -18,13 +29,7 @@ TINY_DIGITS = [
     "vae.model.zdim=4",
     "vae.model.num_mixtures=2",
     "vae.optim.warmup_steps=10",
-    "num_workers=0",
-    "logger=csv",
-    "samples.every_n_steps=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "trainer.accelerator=cpu",
-    "trainer.devices=1",
+    *QUIET_CPU_TRAINING,
 ]
 
 
@@ -35,3 +40,20 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
 
 def tiny_train_config(run_dir: Path, *overrides: str) -> DictConfig:
     return compose_config("train_ae", [*TINY_DIGITS, f"run_dir={run_dir}", "name=test", *overrides])
+
+
+# A refiner of the tiny digits model, small enough to train in seconds.
+TINY_REFINER = [
+    "dataset=digits",
+    "ddpm=digits",
+    "ddpm.unet.model_channels=16",
+    "ddpm.unet.norm_groups=8",
+    "ddpm.diffusion.num_timesteps=100",
+    "ddpm.optim.warmup_steps=5",
+    *QUIET_CPU_TRAINING,
+]
+
+
+def tiny_refiner_config(run_dir: Path, stage_one: Path | str | None, *overrides: str) -> DictConfig:
+    stage = f"stage_one={stage_one}" if stage_one is not None else "stage_one=null"
+    return compose_config("train_ddpm", [*TINY_REFINER, f"run_dir={run_dir}", "name=test", stage, *overrides])

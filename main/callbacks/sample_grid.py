@@ -1,4 +1,8 @@
-"""Write a grid of EMA samples every N training steps, to disk and to the run's loggers."""
+"""Write a grid of samples every N training steps, to disk and to the run's loggers.
+
+The system draws the images (``sample_grid_images``): EMA samples for stage one, stage-one samples
+above their refinements for stage two. The noise is the same every time, so grids are comparable.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,19 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
+
+from main.utils.image_io import grid_image
 
 
 class SampleGrid(pl.Callback):
-    def __init__(self, out_dir: str | Path, every_n_steps: int, n: int = 64, temperature: float = 1.0, seed: int = 0):
+    def __init__(self, out_dir: str | Path, every_n_steps: int, n: int = 64, seed: int = 0, **sample_kwargs):
+        """sample_kwargs go to the system's sample_grid_images (temperature for stage one, sampler for stage two)."""
         self.out_dir = Path(out_dir)
         self.every_n_steps = every_n_steps
         self.n = n
-        self.temperature = temperature
         self.seed = seed
+        self.sample_kwargs = sample_kwargs
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -25,13 +32,12 @@ class SampleGrid(pl.Callback):
         if not self.every_n_steps or step == 0 or step % self.every_n_steps or getattr(self, "_last", None) == step:
             return
         self._last = step
-        vae = pl_module.ema_vae
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)  # same noise every time: comparable grids
-        was_training = vae.training
-        vae.eval()
-        images = vae.to_uint8(vae.sample(self.n, temperature=self.temperature, generator=generator)).float() / 255
-        vae.train(was_training)
-        grid = make_grid(images.cpu(), nrow=int(self.n**0.5))
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        was_training = pl_module.training
+        pl_module.eval()
+        images, per_row = pl_module.sample_grid_images(self.n, generator, **self.sample_kwargs)
+        pl_module.train(was_training)
+        grid = grid_image(images, per_row)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.out_dir / f"step_{step:07d}.png")
         for logger in trainer.loggers:

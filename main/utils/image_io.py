@@ -24,17 +24,29 @@ def check_writable(folder: Path, overwrite: bool) -> None:
         raise UserError(f"'{folder}' already holds results: pass overwrite=true to replace them, or choose another out_dir")
 
 
+def start_staging(folder: Path, create: bool = True) -> Path:
+    """The temporary folder ``folder`` is written under (emptied and created if ``create``)."""
+    staging = folder.with_name(f".{folder.name}.partial")
+    if create:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    return staging
+
+
+def finish_staging(staging: Path, folder: Path) -> None:
+    """Replace ``folder`` by the completed staging folder."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+
+
 @contextmanager
 def staged_folder(folder: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``folder`` only once everything in it is written."""
     check_writable(folder, overwrite)
-    staging = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = start_staging(folder)
     yield staging
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    finish_staging(staging, folder)
 
 
 def save_pngs(images: torch.Tensor, folder: Path, start: int = 0) -> None:
@@ -43,13 +55,18 @@ def save_pngs(images: torch.Tensor, folder: Path, start: int = 0) -> None:
         write_png(image, str(folder / f"{start + i:06d}.png"))
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
-    """uint8 images [N,C,H,W] -> one PNG grid (small images are enlarged so the grid is viewable)."""
+def grid_image(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """uint8 images [N,C,H,W] -> one float grid [C', H', W'] in [0, 1]; small images are enlarged so the grid is viewable."""
     images = images.cpu().float() / 255
     scale = max(1, 64 // images.shape[-1])
     if scale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-    save_image(make_grid(images, nrow=nrow or int(np.ceil(np.sqrt(len(images)))), pad_value=1.0), path)
+    return make_grid(images, nrow=nrow or int(np.ceil(np.sqrt(len(images)))), pad_value=1.0)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
+    """uint8 images [N,C,H,W] -> one PNG grid."""
+    save_image(grid_image(images, nrow), path)
 
 
 def save_npz(path: Path, **arrays: torch.Tensor) -> None:

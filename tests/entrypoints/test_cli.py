@@ -19,12 +19,14 @@ def run(script: str, *overrides: str) -> subprocess.CompletedProcess:
         ("train_ae.py", ["vae.model.enc_blocks=8y3"], "error: bad encoder block string entry '8y3'"),
         ("train_ae.py", ["dataset=cifar10", "vae=cifar10_cpu", "dataset.root=/nonexistent/cifar"], "/nonexistent/cifar' does not exist"),
         ("test_ae.py", ["checkpoint=/nonexistent/last.ckpt"], "error: checkpoint '/nonexistent/last.ckpt' does not exist"),
+        ("train_ddpm.py", ["stage_one=/nonexistent/vae.ckpt"], "error: checkpoint '/nonexistent/vae.ckpt' does not exist"),
+        ("train_ddpm.py", ["stage_one=null"], "error: formulation 'form1' needs stage-one checkpoint"),
+        ("test_ddpm.py", ["checkpoint=/nonexistent/last.ckpt"], "error: checkpoint '/nonexistent/last.ckpt' does not exist"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(tmp_path, script, overrides, message):
-    result = run(
-        script, f"hydra.run.dir={tmp_path}", f"run_dir={tmp_path}" if script == "train_ae.py" else "out_dir=" + str(tmp_path), *overrides
-    )
+    where = f"run_dir={tmp_path}" if script.startswith("train_") else f"out_dir={tmp_path}"
+    result = run(script, f"hydra.run.dir={tmp_path}", where, *overrides)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr

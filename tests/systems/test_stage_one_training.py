@@ -103,8 +103,9 @@ def fit_and_keep_system(cfg) -> StageOneSystem:
 
 def test_updates_past_the_skip_threshold_never_reach_the_weights(tmp_path):
     cfg = tiny_train_config(tmp_path, "trainer.max_steps=20", "vae.optim.skip_threshold=1e-9", "vae.optim.max_consecutive_skips=5")
-    before = {k: v.clone() for k, v in build_system(cfg).state_dict().items()}
     torch.manual_seed(cfg.seed)
+    before = {k: v.clone() for k, v in build_system(cfg).state_dict().items()}
+    torch.manual_seed(cfg.seed)  # the same initial weights again
     system = fit_and_keep_system(cfg)
     assert "5 updates in a row were skipped" in str(system.error)
     assert int(system.skipped_updates) == 5

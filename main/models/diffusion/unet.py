@@ -153,6 +153,12 @@ UNET_PRESETS: dict[str, UNetPreset] = {
 
 def build_unet(preset: str | UNetPreset, formulation: str = "form1", **overrides) -> UNet:
     """A UNet for a preset name (or UNetPreset); in_channels doubles for 'form1'/'form2'. overrides go to UNet."""
+    return UNet(**unet_kwargs(preset, formulation, **overrides))
+
+
+def unet_kwargs(preset: str | UNetPreset, formulation: str = "form1", **overrides) -> dict:
+    """The full UNet arguments of a preset with overrides (None keeps the preset's value); what a checkpoint stores,
+    so later preset edits cannot change a trained model."""
     if isinstance(preset, str):
         if preset not in UNET_PRESETS:
             raise UserError(f"unknown UNet preset {preset!r}: choose one of {', '.join(UNET_PRESETS)}")
@@ -160,7 +166,9 @@ def build_unet(preset: str | UNetPreset, formulation: str = "form1", **overrides
     if formulation not in ("form1", "form2", "unconditional"):
         raise UserError(f"unknown diffusion formulation {formulation!r}: set it to 'form1', 'form2' or 'unconditional'")
     kwargs = dataclasses.asdict(preset)
-    channels = kwargs.pop("image_channels")
+    channels = overrides.pop("image_channels", kwargs.pop("image_channels"))
     kwargs.update(in_channels=channels * (1 if formulation == "unconditional" else 2), out_channels=channels)
-    kwargs.update(overrides)
-    return UNet(**kwargs)
+    kwargs.update({key: value for key, value in overrides.items() if value is not None})
+    for key in ("channel_mult", "attention_resolutions"):
+        kwargs[key] = [int(v) for v in kwargs[key]]
+    return kwargs

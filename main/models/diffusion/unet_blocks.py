@@ -79,7 +79,8 @@ class AttentionBlock(nn.Module):
         n, c, *spatial = x.shape
         flat = x.reshape(n, c, -1)
         q, k, v = self.qkv(self.norm(flat)).chunk(3, dim=1)  # each [N, C, L]
-        q, k, v = (z.reshape(n, self.num_heads, c // self.num_heads, -1).transpose(-1, -2) for z in (q, k, v))
+        # contiguous: transposed views send SDPA to its slow math path on the CPU (measured 3x slower per call)
+        q, k, v = (z.reshape(n, self.num_heads, c // self.num_heads, -1).transpose(-1, -2).contiguous() for z in (q, k, v))
         h = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, C/heads]
         h = h.transpose(-1, -2).reshape(n, c, -1)
         return (flat + self.proj_out(h)).reshape(n, c, *spatial)

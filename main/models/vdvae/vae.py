@@ -104,9 +104,15 @@ class HierarchicalVAE(nn.Module):
     def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.pixel_mean) / self.pixel_std
 
+    def latent_shapes(self, n: int) -> list[tuple[int, int, int, int]]:
+        """Shape [n, zdim, res, res] of each latent group, top (coarsest) first."""
+        return [(n, block.zdim, block.resolution, block.resolution) for block in self.decoder.blocks]
+
     def _choices(self, k: int, temperature: float | Sequence[float] = 1.0, noise=None) -> list[GroupChoice]:
         temps = _per_group(temperature, self.num_groups, "temperature")
-        noise = noise or [None] * self.num_groups
+        noise = list(noise) if noise is not None else [None] * self.num_groups
+        if len(noise) != self.num_groups:
+            raise UserError(f"noise has {len(noise)} entries but the model has {self.num_groups} latent groups")
         return [GroupChoice(i < k, t, n) for i, (t, n) in enumerate(zip(temps, noise))]
 
     # ---- training and evaluation -----------------------------------------------------------------
@@ -130,9 +136,14 @@ class HierarchicalVAE(nn.Module):
         temperature: float | Sequence[float] = 1.0,
         generator: torch.Generator | None = None,
         output: str = "sample",
+        noise: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """n images in [-1, 1] from the prior; ``temperature`` scales each group's prior std."""
-        features, _, _ = self.decoder(self._choices(0, temperature), n, None, labels, generator)
+        """n images in [-1, 1] from the prior; ``temperature`` scales each group's prior std.
+
+        ``noise``: optional standard-normal eps per group (shapes from `latent_shapes`; None entries are
+        drawn), to hold some groups fixed or interpolate them.
+        """
+        features, _, _ = self.decoder(self._choices(0, temperature, noise), n, None, labels, generator)
         return self.render(features, output, generator)
 
     @torch.no_grad()

@@ -1,8 +1,9 @@
 """The EMA of the weights: VDVAE's constant rate, and the warm-up that lets early weights fade."""
+
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from main.systems.stage_one import ema_update
+from main.systems.common import ema_update
 
 
 def run_ema(rate: float, warmup: bool, values: list[float]) -> float:

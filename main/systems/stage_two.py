@@ -1,0 +1,197 @@
+"""Lightning system for stage two: a DDPM that refines the frozen stage-one VAE's images (DiffuseVAE).
+
+Training pairs each real image x with a stage-one image y computed on the fly, without gradients:
+the VAE's reconstruction of x with its first ``k`` latent groups from the posterior and the rest drawn
+from the prior at ``temperature`` (k = all gives the closest reconstruction, k = 0 an unrelated
+sample), rendered as the likelihood's mean or a draw from it. The refiner learns p(x | y); sampling
+draws y from the VAE's prior and refines it. Conditions are dropped per sample with probability
+``conditioning.dropout`` so one network also gives the unconditional output for classifier-free
+guidance. The frozen VAE's weights live inside the refiner's checkpoint, so a refiner checkpoint is
+all that sampling needs. Validation and sampling use the EMA weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from main.models.diffusion import GaussianDiffusion, get_beta_schedule, respaced, sample_loop
+from main.models.diffusion.guidance import ConditionedDenoiser, class_labels_for
+from main.models.diffusion.unet import UNet
+from main.models.vdvae import HierarchicalVAE
+from main.systems.common import ResumableSystem, adamw_with_warmup, ema_update
+from main.utils.errors import UserError
+
+# Stage one is frozen in eval mode on purpose; Lightning warns about any module in eval mode at fit start.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> floats in [-1, 1] (the refiner models all 8 bits, whatever stage one's bit depth)."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class StageTwoSystem(ResumableSystem):
+    STAGE = "ddpm"
+
+    def __init__(self, unet: dict, diffusion: dict, conditioning: dict, optim: dict, data: dict, stage_one: dict | None = None):
+        """unet: UNet kwargs; diffusion: formulation, schedule, num_timesteps, prediction; conditioning: k, temperature,
+        output, dropout; optim: lr, betas, weight_decay, warmup_steps, grad_clip, ema_rate, ema_warmup; data: the
+        data set config; stage_one: {checkpoint, model (VAE kwargs), data, global_step}, None for the unconditional baseline."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.unet = UNet(**unet)
+        self.ema = AveragedModel(self.unet, multi_avg_fn=ema_update(optim["ema_rate"], optim.get("ema_warmup", True)), use_buffers=True)
+        self.ema.requires_grad_(False)
+        betas = get_beta_schedule(diffusion["schedule"], diffusion["num_timesteps"])
+        self.diffusion = GaussianDiffusion(betas, diffusion["formulation"], diffusion.get("prediction", "eps"))
+        if self.diffusion.is_conditional != (stage_one is not None):
+            raise UserError(
+                f"formulation {diffusion['formulation']!r} {'needs' if self.diffusion.is_conditional else 'takes no'} "
+                "stage-one checkpoint: set stage_one=<path of a stage-one .ckpt>, or diffusion.formulation=unconditional"
+            )
+        self.stage_one = HierarchicalVAE(**stage_one["model"]) if stage_one else None
+        if self.stage_one is not None:
+            self.stage_one.requires_grad_(False).eval()
+            self.conditioning_k = check_k(conditioning["k"], self.stage_one.num_groups)
+
+    def train(self, mode: bool = True):
+        """Stage one stays in eval mode: it is frozen."""
+        super().train(mode)
+        if self.stage_one is not None:
+            self.stage_one.eval()
+        return self
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        u = self.unet
+        return (u.out_channels, u.image_size, u.image_size)
+
+    # ---- conditioning ------------------------------------------------------------------------------
+    def vae_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return labels if self.stage_one is not None and self.stage_one.num_classes else None
+
+    @torch.no_grad()
+    def condition(self, images: torch.Tensor, labels: torch.Tensor | None = None, generator=None, k: int | None = None) -> torch.Tensor:
+        """Stage-one image y in [-1, 1] for uint8 images [N, C, H, W]: the VAE's reconstruction with the first k groups."""
+        c = self.hparams.conditioning
+        k = self.conditioning_k if k is None else check_k(k, self.stage_one.num_groups)
+        y = self.stage_one.reconstruct(
+            images, self.vae_labels(labels), k=k, temperature=c["temperature"], generator=generator, output=c["output"]
+        )
+        return y.to(images.device, torch.float32)
+
+    @torch.no_grad()
+    def stage_one_samples(self, n: int, labels=None, temperature=1.0, generator=None, noise=None) -> torch.Tensor:
+        """n stage-one images in [-1, 1] from the VAE's prior, rendered as in training."""
+        output = self.hparams.conditioning["output"]
+        return self.stage_one.sample(n, self.vae_labels(labels), temperature=temperature, generator=generator, output=output, noise=noise)
+
+    # ---- training ----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return adamw_with_warmup(self.unet.parameters(), self.hparams.optim)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip to optim.grad_clip (Lightning has already unscaled fp16 gradients here) and log the norm."""
+        norm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.hparams.optim["grad_clip"])
+        self.log("train/grad_norm", norm, on_step=True)
+
+    def loss(self, unet: UNet, images: torch.Tensor, labels: torch.Tensor, keep=None, generator=None) -> torch.Tensor:
+        """Per-image diffusion loss [N] of uint8 images with their stage-one conditions."""
+        y = self.condition(images, labels, generator) if self.diffusion.is_conditional else None
+        denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, len(images), images.device), keep)
+        return self.diffusion.training_loss(denoiser, to_unit(images), y, generator=generator)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        p = self.hparams.conditioning.get("dropout", 0.0)
+        keep = torch.rand(len(images), device=images.device) >= p if p > 0 else None
+        loss = self.loss(self.unet, images, labels, keep).mean()
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.ema.update_parameters(self.unet)
+
+    def validation_step(self, batch, batch_idx):
+        """EMA loss with the steps, noise and stage-one draws fixed per batch, so curves are comparable across validations."""
+        images, labels = batch
+        generator = torch.Generator(device=images.device).manual_seed(batch_idx)
+        loss = self.loss(self.ema.module, images, labels, generator=generator).mean()
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(images))
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def refine(self, y: torch.Tensor | None, sampler: dict, labels=None, n: int | None = None, noise=None, generator=None) -> torch.Tensor:
+        """Run the reverse process (EMA weights) conditioned on stage-one images y [N, C, H, W] in [-1, 1].
+
+        sampler: name (ddpm | ddim | dpm_solver++), steps, spacing, eta, variance, temperature, start_step
+        (truncated chain, in sampling steps), guidance, clip_denoised. n: batch size when y is None.
+        Returns refined images in [-1, 1].
+        """
+        unet = self.ema.module
+        n = len(y) if y is not None else n
+        steps = self.diffusion.num_timesteps if sampler.get("steps") is None else sampler["steps"]
+        diffusion = (
+            self.diffusion if steps == self.diffusion.num_timesteps else respaced(self.diffusion, steps, sampler.get("spacing", "uniform"))
+        )
+        denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, n, self.device), guidance=sampler.get("guidance", 0.0))
+        x = sample_loop(
+            diffusion,
+            denoiser,
+            (n, *self.image_shape),
+            y,
+            sampler=sampler.get("name", "ddim"),
+            noise=noise,
+            temperature=sampler.get("temperature", 1.0),
+            generator=generator,
+            start_step=sampler.get("start_step"),
+            device=self.device,
+            dtype=torch.float32,
+            eta=sampler.get("eta", 0.0),
+            variance=sampler.get("variance", "fixed_large"),
+            clip_denoised=sampler.get("clip_denoised", True),
+        )
+        return x.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def generate(self, n: int, sampler: dict, labels=None, stage_one_temperature=1.0, generator=None):
+        """Two-stage samples: (stage-one images, refined images), both in [-1, 1]; stage-one images are None without stage one."""
+        y = self.stage_one_samples(n, labels, stage_one_temperature, generator) if self.stage_one is not None else None
+        return y, self.refine(y, sampler, labels, n=n, generator=generator)
+
+    def sample_grid_images(self, n: int, generator: torch.Generator, sampler: dict) -> tuple[torch.Tensor, int]:
+        """(uint8 images, images per row) for the training-time grid: rows of stage-one samples, each above its refinements."""
+        y, x = self.generate(n, sampler, generator=generator)
+        if y is None:
+            return to_uint8(x), int(n**0.5)
+        return interleave_rows(to_uint8(y), to_uint8(x), per_row=min(8, n)), min(8, n)
+
+
+def interleave_rows(top: torch.Tensor, bottom: torch.Tensor, per_row: int) -> torch.Tensor:
+    """[N, ...] and [N, ...] -> [2N, ...] ordered row by row: per_row of ``top``, the same per_row of ``bottom``, ..."""
+    rows = [part for pair in zip(top.split(per_row), bottom.split(per_row)) for part in pair]
+    return torch.cat(rows)
+
+
+def check_k(k: int | str, num_groups: int) -> int:
+    """'all' or an integer 0..num_groups -> the number of latent groups taken from the posterior."""
+    if k == "all":
+        return num_groups
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= num_groups:
+        raise UserError(f"conditioning.k={k!r}: use 'all' or an integer 0..{num_groups} (stage one has {num_groups} latent groups)")
+    return k
+
+
+def load_stage_two(path: str | Path) -> tuple[StageTwoSystem, dict[str, Any]]:
+    """Rebuild a trained refiner (with its frozen stage one) from its checkpoint alone."""
+    return StageTwoSystem.from_checkpoint(path)

@@ -1,0 +1,221 @@
+"""Two-stage sampling and evaluation from a refiner checkpoint alone (it holds the frozen stage one too).
+
+    python main/test_ddpm.py checkpoint=outputs/run/checkpoints/last.ckpt samples.n=10000 sampler=dpm_solver
+    python main/test_ddpm.py checkpoint=... devices=4                    # samples split across 4 GPUs
+    python main/test_ddpm.py checkpoint=... tasks=[reconstructions]      # x -> stage one -> refined, with MSE/PSNR
+    python main/test_ddpm.py checkpoint=... tasks=[interpolation]
+
+Tasks write to out_dir: samples/ (refined, one PNG per image: what FID tools read), samples_stage_one/,
+a grid of stage-one images above their refinements, .npz files, and results.json.
+"""
+
+from __future__ import annotations
+
+try:  # first: puts the repository on sys.path
+    from main import _bootstrap  # noqa: F401  (run as a package)
+except ModuleNotFoundError:
+    import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from lightning.fabric import Fabric
+from omegaconf import DictConfig, OmegaConf
+
+from main.datasets import build_datamodule
+from main.evaluation import Shard, batch_generator, generate_to
+from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two, to_uint8
+from main.utils.config import plain
+from main.utils.errors import UserError, exit_on_user_error
+from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
+from main.utils.results import write_results
+
+TASKS = ("samples", "class_samples", "reconstructions", "interpolation")
+
+
+class StageTimer:
+    """Images/s of each stage (stage one, refiner) on this rank."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.images: dict[str, int] = {}
+
+    def __call__(self, name: str, count: int, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.images[name] = self.images.get(name, 0) + count
+        return out
+
+    def rates(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{name}_images_per_s": self.images[name] / s for name, s in self.seconds.items() if s > 0}
+
+
+def two_stage_task(system, cfg, out_dir: Path, name: str, n: int, labels, temperature, save_stage_one: bool, shard: Shard) -> dict:
+    """Draw n two-stage samples (optionally per label) into out_dir/<name>/ and <name>_stage_one/; returns timings."""
+    sampler, timed, device = plain(cfg.sampler), StageTimer(), system.device
+    with_stage_one = save_stage_one and system.stage_one is not None
+    folders = {name: out_dir / name} | ({"stage_one": out_dir / f"{name}_stage_one"} if with_stage_one else {})
+
+    def draw(start: int, count: int) -> dict[str, torch.Tensor]:
+        generator = batch_generator(cfg.seed, start, device)
+        batch_labels = labels[start : start + count] if labels is not None else None
+        y = timed("stage_one", count, system.stage_one_samples, count, batch_labels, temperature, generator) if system.stage_one else None
+        x = timed("refiner", count, system.refine, y, sampler, batch_labels, n=count, generator=generator)
+        return {name: to_uint8(x)} | ({"stage_one": to_uint8(y)} if with_stage_one else {})
+
+    images, seconds = generate_to(folders, n, cfg.batch_size, draw, cfg.overwrite, shard)
+    timings = {f"{name}_images_per_s": n / seconds, f"{name}_seconds": seconds}
+    timings |= timed.rates(name)  # per rank
+    if images is not None:  # rank 0: grid and .npz of everything the ranks wrote
+        extra = {"labels": labels.cpu()} if labels is not None else {}
+        save_npz(out_dir / f"{name}.npz", images=images[name], **extra)
+        if with_stage_one:
+            save_npz(out_dir / f"{name}_stage_one.npz", images=images["stage_one"], **extra)
+            per_row = min(8, n)
+            save_grid(interleave_rows(images["stage_one"][:32], images[name][:32], per_row), out_dir / f"{name}_grid.png", nrow=per_row)
+        else:
+            save_grid(images[name][:64], out_dir / f"{name}_grid.png")
+    return timings
+
+
+def reconstructions(system: StageTwoSystem, cfg, out_dir: Path) -> dict:
+    """Test images -> stage-one reconstructions (first k groups from the posterior) -> refined; MSE and PSNR of both."""
+    r, device = cfg.reconstructions, system.device
+    data_cfg = OmegaConf.merge(system.hparams.data, cfg.dataset)
+    test = build_datamodule(data_cfg, batch_size=r.n).split("test")
+    if r.n > len(test):
+        raise UserError(f"reconstructions.n={r.n} but the test split has {len(test)} images")
+    x = torch.stack([test[i][0] for i in range(r.n)]).to(device)
+    labels = torch.tensor([int(test[i][1]) for i in range(r.n)], device=device)
+    system.stage_one.check_images(x)
+    generator = batch_generator(cfg.seed, 0, device)
+    y_float = system.condition(x, labels, generator, k=r.k)
+    y, refined = to_uint8(y_float), to_uint8(system.refine(y_float, plain(cfg.sampler), labels, generator=generator))
+    with staged_folder(out_dir / "reconstructions", cfg.overwrite) as staging:
+        for name, images in [("original", x), ("stage_one", y), ("refined", refined)]:
+            (staging / name).mkdir()
+            save_pngs(images, staging / name)
+    save_grid(torch.cat([x, y, refined]).cpu(), out_dir / "reconstructions_grid.png", nrow=r.n)
+    metrics = {}
+    for name, images in [("stage_one", y), ("refined", refined)]:
+        mse = ((images.float() - x.float()) / 255).pow(2).flatten(1).mean(1)
+        psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+        metrics[f"recon_{name}_mse"] = mse.tolist()
+        metrics[f"recon_{name}_psnr"] = psnr.tolist()
+        metrics[f"recon_{name}_mean_psnr"] = float(psnr.mean())
+    return metrics
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """Spherical interpolation per sample between Gaussian draws a, b [N, ...] (keeps the norm typical of the Gaussian)."""
+    a_flat, b_flat = a.flatten(1), b.flatten(1)
+    cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1.0, 1.0)).reshape(-1, *[1] * (a.dim() - 1))
+    sin = torch.sin(theta)
+    linear = (1 - w) * a + w * b
+    spherical = (torch.sin((1 - w) * theta) * a + torch.sin(w * theta) * b) / sin.clamp_min(1e-8)
+    return torch.where(sin.abs() < 1e-6, linear, spherical)
+
+
+def interpolation(system: StageTwoSystem, cfg, out_dir: Path) -> None:
+    """Strips: (latents) the top stage-one groups slerped, refiner noise fixed; (noise) refiner's initial noise slerped, y fixed."""
+    c, vae, device, sampler = cfg.interpolation, system.stage_one, system.device, plain(cfg.sampler)
+    if not 1 <= c.groups <= vae.num_groups:
+        raise UserError(f"interpolation.groups={c.groups}: use 1..{vae.num_groups} (stage one has {vae.num_groups} latent groups)")
+    if c.points < 2:
+        raise UserError(f"interpolation.points={c.points}: use at least 2 (the endpoints)")
+    g = batch_generator(cfg.seed, 0, device)
+    shapes = vae.latent_shapes(c.pairs)
+    ends = [[torch.randn(s, generator=g, device=device) for s in shapes[: c.groups]] for _ in range(2)]
+    fixed = [torch.randn(s, generator=g, device=device) for s in shapes[c.groups :]]
+    refiner_noise = [torch.randn((c.pairs, *system.image_shape), generator=g, device=device) for _ in range(2)]
+    weights = torch.linspace(0, 1, c.points).tolist()
+
+    def refine(y, noise):  # the same seed at every point: a stochastic sampler's per-step noise is held fixed too
+        return system.refine(y, sampler, noise=noise, generator=batch_generator(cfg.seed, 1, device))
+
+    latent_rows, noise_rows = [], []
+    y_fixed = system.stage_one_samples(c.pairs, temperature=c.stage_one_temperature, generator=g)
+    for w in weights:
+        top = [slerp(a, b, w) for a, b in zip(*ends)]
+        y = system.stage_one_samples(
+            c.pairs, temperature=c.stage_one_temperature, noise=top + fixed, generator=batch_generator(cfg.seed, 2, device)
+        )
+        latent_rows.append((to_uint8(y), to_uint8(refine(y, refiner_noise[0]))))
+        noise_rows.append(to_uint8(refine(y_fixed, slerp(*refiner_noise, w))))
+    with staged_folder(out_dir / "interpolation", cfg.overwrite) as staging:
+        for pair in range(c.pairs):
+            stage_one = torch.stack([y[pair] for y, _ in latent_rows])
+            refined = torch.stack([x[pair] for _, x in latent_rows])
+            save_grid(torch.cat([stage_one, refined]), staging / f"latents_{pair:03d}.png", len(weights))
+            noise_strip = torch.cat([to_uint8(y_fixed[pair : pair + 1]), torch.stack([x[pair] for x in noise_rows])])
+            save_grid(noise_strip, staging / f"noise_{pair:03d}.png", len(weights) + 1)
+
+
+def launch(cfg: DictConfig) -> tuple[torch.device, Shard]:
+    """Start one process per device (Lightning Fabric; also under SLURM or torchrun) and return this rank's device and shard."""
+    strategy = "ddp" if cfg.devices != 1 or cfg.num_nodes != 1 else "auto"
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy)
+    fabric.launch()
+    return fabric.device, Shard(fabric.global_rank, fabric.world_size, fabric.barrier)
+
+
+def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard | None = None) -> dict | None:
+    """Run cfg.tasks; returns what results.json holds (on rank 0; None on other ranks)."""
+    unknown = set(cfg.tasks) - set(TASKS)
+    if unknown:
+        raise UserError(f"unknown tasks {sorted(unknown)}: choose from {list(TASKS)}")
+    shard = shard or Shard()
+    system, checkpoint = load_stage_two(cfg.checkpoint)
+    system = system.to(device or torch.device("cpu")).eval()
+    out_dir = Path(cfg.out_dir)
+    if (out_dir / "results.json").exists():
+        check_writable(out_dir, cfg.overwrite)
+    classes = system.unet.num_classes or (system.stage_one.num_classes if system.stage_one is not None else 0)
+    if "class_samples" in cfg.tasks and not classes:
+        raise UserError("class_samples needs a class-conditional refiner or stage one")
+    if {"reconstructions", "interpolation"} & set(cfg.tasks) and system.stage_one is None:
+        raise UserError("reconstructions and interpolation need a refiner of a stage one (this checkpoint is the unconditional baseline)")
+    metrics: dict = {}
+    timings: dict = {"train_seconds": checkpoint.get("callbacks", {}).get("TrainTimer", {}).get("train_seconds")}
+
+    if "samples" in cfg.tasks:
+        s = cfg.samples
+        timings |= two_stage_task(system, cfg, out_dir, "samples", s.n, None, plain(s.stage_one_temperature), s.save_stage_one, shard)
+    if "class_samples" in cfg.tasks:
+        c = cfg.class_samples
+        labels = torch.arange(classes, device=system.device).repeat_interleave(c.n_per_class)
+        timings |= two_stage_task(system, cfg, out_dir, "class_samples", len(labels), labels, plain(c.stage_one_temperature), True, shard)
+    if shard.rank != 0:
+        return None
+    if "reconstructions" in cfg.tasks:
+        metrics |= reconstructions(system, cfg, out_dir)
+    if "interpolation" in cfg.tasks:
+        interpolation(system, cfg, out_dir)
+    n_params = {"n_params_refiner": sum(p.numel() for p in system.unet.parameters())}
+    if system.stage_one is not None:
+        n_params["n_params_stage_one"] = sum(p.numel() for p in system.stage_one.parameters())
+    return write_results(
+        out_dir / "results.json",
+        task="test_ddpm",
+        config=plain(cfg),
+        checkpoint=str(cfg.checkpoint),
+        metrics={**metrics, **n_params, "global_step": checkpoint.get("global_step"), "world_size": shard.world_size},
+        timings=timings,
+    )
+
+
+@hydra.main(config_path="configs", config_name="test_ddpm", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    device, shard = launch(cfg)
+    results = evaluate(cfg, device, shard)
+    if results is not None:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items() if not isinstance(v, list)}
+        print(f"results: {shown}\nwritten to {Path(cfg.out_dir).resolve()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Train stage two: a DDPM that refines a trained stage one's images (DiffuseVAE).
+
+python main/train_ddpm.py dataset=cifar10 stage_one=outputs/cifar10-cifar10/checkpoints/last.ckpt
+python main/train_ddpm.py dataset=cifar10 ddpm=cifar10_cpu stage_one=... ddpm.diffusion.formulation=form2
+python main/train_ddpm.py ... resume=true                                   # continue run_dir
+"""
+
+from __future__ import annotations
+
+try:  # first: puts the repository on sys.path
+    from main import _bootstrap  # noqa: F401  (run as a package)
+except ModuleNotFoundError:
+    import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+
+from main.models.diffusion.unet import unet_kwargs
+from main.systems.stage_one import load_stage_one
+from main.systems.stage_two import StageTwoSystem
+from main.training import build_trainer, fit, train_and_report
+from main.utils.config import plain
+from main.utils.errors import UserError, exit_on_user_error
+
+
+def refiner_num_classes(setting: bool | str, data: dict, vae_classes: int) -> int | None:
+    """UNet classes for class_conditional auto | true | false (None: no class embedding)."""
+    if setting == "auto":
+        return vae_classes or None
+    if setting is True:
+        if not data["num_classes"]:
+            raise UserError(f"ddpm.class_conditional=true but data set '{data['name']}' has no labels: set it to false or auto")
+        return data["num_classes"]
+    if setting is False:
+        return None
+    raise UserError(f"ddpm.class_conditional={setting!r}: use auto, true or false")
+
+
+def refiner_unet_kwargs(cfg: DictConfig, vae_classes: int = 0) -> dict:
+    """The refiner's full UNet arguments: its preset with the config's overrides, sized for the data set."""
+    ddpm = plain(cfg.ddpm)
+    unet_cfg = dict(ddpm["unet"])
+    num_classes = refiner_num_classes(ddpm["class_conditional"], plain(cfg.dataset), vae_classes)
+    return unet_kwargs(unet_cfg.pop("preset"), ddpm["diffusion"]["formulation"], **unet_cfg, num_classes=num_classes)
+
+
+def build_system(cfg: DictConfig) -> StageTwoSystem:
+    """The refiner with the frozen stage one's EMA weights copied in (checked to fit the data set)."""
+    data, ddpm = plain(cfg.dataset), plain(cfg.ddpm)
+    stage_one, vae_state, vae_classes = None, None, 0
+    if cfg.stage_one is not None:
+        vae_system, checkpoint = load_stage_one(cfg.stage_one)
+        vae = vae_system.ema_vae
+        if (vae.channels, vae.image_size) != (data["channels"], data["image_size"]):
+            raise UserError(
+                f"stage one '{cfg.stage_one}' models {vae.channels}x{vae.image_size}x{vae.image_size} images but data set "
+                f"'{data['name']}' has {data['channels']}x{data['image_size']}x{data['image_size']}: "
+                "use the data set stage one was trained on"
+            )
+        model = checkpoint["hyper_parameters"]["model"]
+        stage_one = {
+            "checkpoint": str(Path(cfg.stage_one).resolve()),
+            "model": model,
+            "data": checkpoint["hyper_parameters"]["data"],
+            "global_step": checkpoint.get("global_step"),
+        }
+        vae_state, vae_classes = vae.state_dict(), model.get("num_classes", 0)
+    system = StageTwoSystem(
+        unet=refiner_unet_kwargs(cfg, vae_classes),
+        diffusion=ddpm["diffusion"],
+        conditioning=ddpm["conditioning"],
+        optim=ddpm["optim"],
+        data=data,
+        stage_one=stage_one,
+    )
+    if vae_state is not None:
+        system.stage_one.load_state_dict(vae_state)
+    return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
+
+
+def train(cfg: DictConfig) -> Path:
+    """Fit the refiner; returns the path of the last checkpoint."""
+    pl.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg, monitor="val/loss", sampler=plain(cfg.samples.sampler))
+    return fit(cfg, build_system(cfg), trainer, cfg.ddpm.batch_size)
+
+
+@hydra.main(config_path="configs", config_name="train_ddpm", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    train_and_report(train, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Training the refiner: the loss falls, stage one stays frozen and travels in the checkpoint, bad setups fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_refiner_config, tiny_train_config
+
+from main.systems.stage_one import load_stage_one
+from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
+from main.train_ae import train as train_stage_one
+from main.train_ddpm import build_system, train
+from main.utils.checkpoint import load_checkpoint
+from main.utils.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def stage_one(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("stage_one")
+    return train_stage_one(tiny_train_config(run_dir, "trainer.max_steps=40", "trainer.val_check_interval=40"))
+
+
+@pytest.fixture(scope="module")
+def refiner(tmp_path_factory, stage_one):
+    run_dir = tmp_path_factory.mktemp("refiner")
+    return train(tiny_refiner_config(run_dir, stage_one, "trainer.max_steps=60", "trainer.val_check_interval=30"))
+
+
+def val_losses(checkpoint_path) -> list[float]:
+    import csv
+
+    log = next(checkpoint_path.parent.parent.glob("logs/version_*/metrics.csv"))
+    return [float(row["val/loss"]) for row in csv.DictReader(log.open()) if row.get("val/loss")]
+
+
+def test_validation_loss_falls_from_the_zero_output_loss(refiner, stage_one, tmp_path):
+    """The UNet's last conv starts at zero, so an untrained refiner's loss is E[eps^2] = 1; training must beat it and keep falling."""
+    from main.datasets import build_datamodule
+
+    fresh = build_system(tiny_refiner_config(tmp_path, stage_one))
+    images, labels = next(iter(build_datamodule(fresh.hparams.data, batch_size=128).val_dataloader()))
+    untrained = fresh.loss(fresh.ema.module, images, labels, generator=torch.Generator().manual_seed(0)).mean()
+    assert 0.9 < untrained < 1.1
+    losses = val_losses(refiner)
+    assert len(losses) == 2 and losses[1] < losses[0] < 0.5 * untrained
+
+
+def test_stage_one_is_frozen_and_travels_in_the_checkpoint(refiner, stage_one):
+    system, checkpoint = load_stage_two(refiner)
+    vae_system, _ = load_stage_one(stage_one)
+    for name, tensor in vae_system.ema_vae.state_dict().items():
+        assert torch.equal(system.stage_one.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in system.stage_one.parameters())
+    hp = checkpoint["hyper_parameters"]
+    assert hp["stage_one"]["checkpoint"].endswith("last.ckpt") and hp["stage_one"]["model"]["num_classes"] == 10
+    assert checkpoint["stage"] == "ddpm" and hp["unet"]["num_classes"] == 10  # class_conditional: auto follows stage one
+    system.train()
+    assert not system.stage_one.training and system.unet.training
+
+
+def test_ema_differs_from_the_trained_weights(refiner):
+    system, _ = load_stage_two(refiner)
+    pairs = zip(system.unet.parameters(), system.ema.module.parameters())
+    assert any(not torch.equal(p, e) for p, e in pairs)
+
+
+def test_conditioning_with_all_groups_is_closer_to_the_image_than_a_prior_sample(refiner):
+    system, _ = load_stage_two(refiner)
+    from main.datasets import build_datamodule
+
+    test = build_datamodule(system.hparams.data, batch_size=64).split("test")
+    x = torch.stack([test[i][0] for i in range(64)])
+    labels = torch.tensor([test[i][1] for i in range(64)])
+    target = x.float() / 127.5 - 1
+    g = torch.Generator().manual_seed(0)
+    errors = {k: (system.condition(x, labels, g, k=k) - target).pow(2).mean() for k in (0, "all")}
+    assert errors["all"] < errors[0]
+
+
+@pytest.mark.parametrize("k", [-1, 99, "some"])
+def test_bad_conditioning_k_is_a_clear_error(tmp_path, stage_one, k):
+    with pytest.raises(UserError, match=r"conditioning.k=.*use 'all' or an integer 0\.\.\d+"):
+        build_system(tiny_refiner_config(tmp_path, stage_one, f"ddpm.conditioning.k={k}"))
+
+
+def test_form2_and_v_prediction_train(tmp_path, stage_one):
+    last = train(
+        tiny_refiner_config(
+            tmp_path,
+            stage_one,
+            "ddpm.diffusion.formulation=form2",
+            "ddpm.diffusion.prediction=v",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+        )
+    )
+    system, _ = load_stage_two(last)
+    assert system.diffusion.formulation == "form2" and system.diffusion.prediction == "v"
+
+
+def test_unconditional_baseline_needs_no_stage_one(tmp_path):
+    last = train(
+        tiny_refiner_config(
+            tmp_path, None, "ddpm.diffusion.formulation=unconditional", "trainer.max_steps=4", "trainer.val_check_interval=4"
+        )
+    )
+    system, _ = load_stage_two(last)
+    assert system.stage_one is None and system.unet.in_channels == 1
+    y, x = system.generate(3, {"name": "ddim", "steps": 3})
+    assert y is None and x.shape == (3, 1, 8, 8)
+
+
+def test_formulation_and_stage_one_must_agree(tmp_path, stage_one):
+    with pytest.raises(UserError, match="formulation 'form1' needs stage-one checkpoint"):
+        build_system(tiny_refiner_config(tmp_path, None))
+    with pytest.raises(UserError, match="formulation 'unconditional' takes no stage-one checkpoint"):
+        build_system(tiny_refiner_config(tmp_path, stage_one, "ddpm.diffusion.formulation=unconditional"))
+
+
+def test_a_refiner_checkpoint_is_not_a_stage_one(tmp_path, refiner):
+    with pytest.raises(UserError, match="is of stage 'ddpm', but this command needs a 'vae' checkpoint"):
+        build_system(tiny_refiner_config(tmp_path, refiner))
+
+
+def test_data_set_must_have_stage_ones_image_shape(tmp_path, stage_one):
+    with pytest.raises(UserError, match=r"models 1x8x8 images but data set 'cifar10' has 3x32x32"):
+        build_system(tiny_refiner_config(tmp_path, stage_one, "dataset=cifar10", "ddpm=digits"))
+
+
+def test_resume_continues_the_run(tmp_path, stage_one):
+    cfg = tiny_refiner_config(tmp_path, stage_one, "trainer.max_steps=4", "trainer.val_check_interval=4")
+    train(cfg)
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        train(cfg)
+    last = train(tiny_refiner_config(tmp_path, stage_one, "trainer.max_steps=8", "trainer.val_check_interval=4", "resume=true"))
+    assert load_checkpoint(last, StageTwoSystem.STAGE)["global_step"] == 8
+
+
+def test_training_grid_puts_each_stage_one_row_above_its_refinements():
+    top, bottom = torch.zeros(10, 1, 2, 2), torch.ones(10, 1, 2, 2)
+    rows = interleave_rows(top, bottom, per_row=4)
+    assert rows.shape == (20, 1, 2, 2)
+    assert rows[:4].eq(0).all() and rows[4:8].eq(1).all() and rows[8:12].eq(0).all() and rows[16:18].eq(0).all()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "ddpm", "params"),
+    [
+        ("cifar10", "cifar10", 35_749_763),  # DiffuseVAE's CIFAR-10 refiner with attention at 16 px (as in their paper)
+        ("cifar10", "cifar10_cpu", 1_114_819),  # their reduced UNet
+        ("celeba64", "celeba64", 82_644_099),
+        ("celebahq256", "celebahq256", 113_676_675),
+    ],
+)
+def test_refiner_configs_build_diffusevaes_parameter_counts(dataset, ddpm, params):
+    from helpers import compose_config
+
+    from main.models.diffusion.unet import UNet
+    from main.train_ddpm import refiner_unet_kwargs
+
+    cfg = compose_config("train_ddpm", [f"dataset={dataset}", f"ddpm={ddpm}", "stage_one=null", "run_dir=/tmp/unused", "name=t"])
+    with torch.device("meta"):  # counts without allocating the weights
+        unet = UNet(**refiner_unet_kwargs(cfg))
+    assert sum(p.numel() for p in unet.parameters()) == params
