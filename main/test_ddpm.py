@@ -58,11 +58,17 @@ def two_stage_task(system, cfg, out_dir: Path, name: str, n: int, labels, temper
     with_stage_one = save_stage_one and system.stage_one is not None
     folders = {name: out_dir / name} | ({"stage_one": out_dir / f"{name}_stage_one"} if with_stage_one else {})
 
+    # shared_noise: every image starts the refiner from the same noise, so differences come from stage one (figures)
+    shared = (
+        torch.randn((1, *system.image_shape), generator=batch_generator(cfg.seed, -1, device), device=device) if cfg.shared_noise else None
+    )
+
     def draw(start: int, count: int) -> dict[str, torch.Tensor]:
         generator = batch_generator(cfg.seed, start, device)
         batch_labels = labels[start : start + count] if labels is not None else None
         y = timed("stage_one", count, system.stage_one_samples, count, batch_labels, temperature, generator) if system.stage_one else None
-        x = timed("refiner", count, system.refine, y, sampler, batch_labels, n=count, generator=generator)
+        noise = shared.expand(count, -1, -1, -1) if shared is not None else None
+        x = timed("refiner", count, system.refine, y, sampler, batch_labels, n=count, noise=noise, generator=generator)
         return {name: to_uint8(x)} | ({"stage_one": to_uint8(y)} if with_stage_one else {})
 
     images, seconds = generate_to(folders, n, cfg.batch_size, draw, cfg.overwrite, shard)

@@ -178,3 +178,20 @@ def test_slerp_keeps_endpoints_and_the_norm_of_orthogonal_draws():
     torch.testing.assert_close(slerp(a, b, 1.0), b)
     assert torch.allclose(slerp(a, b, 0.3).norm(), torch.tensor(2.0))
     assert torch.allclose(slerp(a, a, 0.5), a)  # parallel: falls back to the (exact) linear path
+
+
+def test_shared_noise_starts_every_refinement_from_the_same_noise(refiner, tmp_path, monkeypatch):
+    from main.systems.stage_two import StageTwoSystem
+
+    seen, original = [], StageTwoSystem.refine
+
+    def spy(self, y, sampler, labels=None, n=None, noise=None, generator=None):
+        seen.append(noise)
+        return original(self, y, sampler, labels, n, noise, generator)
+
+    monkeypatch.setattr(StageTwoSystem, "refine", spy)
+    evaluate(eval_config(refiner, tmp_path / "shared", "samples.n=6", "shared_noise=true"))
+    assert len(seen) == 2 and all(torch.equal(noise[i], seen[0][0]) for noise in seen for i in range(len(noise)))
+    seen.clear()
+    evaluate(eval_config(refiner, tmp_path / "own", "samples.n=6"))
+    assert seen == [None, None]  # drawn per batch from its seed

@@ -162,3 +162,12 @@ def test_refiner_configs_build_diffusevaes_parameter_counts(dataset, ddpm, param
     with torch.device("meta"):  # counts without allocating the weights
         unet = UNet(**refiner_unet_kwargs(cfg))
     assert sum(p.numel() for p in unet.parameters()) == params
+
+
+def test_mixed_precision_trains_on_the_cpu(tmp_path, stage_one):
+    last = train(
+        tiny_refiner_config(tmp_path, stage_one, "trainer.precision=bf16-mixed", "trainer.max_steps=3", "trainer.val_check_interval=3")
+    )
+    system, _ = load_stage_two(last)
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in system.unet.parameters())
+    assert val_losses(last)[-1] < 1.5
