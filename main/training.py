@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from main.callbacks.sample_grid import SampleGrid
 from main.callbacks.train_timer import TrainTimer
 from main.datasets import build_datamodule
+from main.utils.checkpoint import AtomicCheckpointIO
 from main.utils.config import plain
 from main.utils.errors import UserError
 
@@ -48,7 +49,9 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
         SampleGrid(run_dir / "samples", cfg.samples.every_n_steps, cfg.samples.n, cfg.seed, **sample_kwargs),
         TrainTimer(),
     ]
-    return pl.Trainer(**plain(cfg.trainer), callbacks=callbacks, logger=instantiate(cfg.logger), default_root_dir=run_dir)
+    return pl.Trainer(
+        **plain(cfg.trainer), callbacks=callbacks, logger=instantiate(cfg.logger), default_root_dir=run_dir, plugins=[AtomicCheckpointIO()]
+    )
 
 
 def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_size: int) -> Path:
