@@ -176,6 +176,7 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
     shard = shard or Shard()
     system, checkpoint = load_stage_two(cfg.checkpoint)
     system = system.to(device or torch.device("cpu")).eval()
+    system.nonfinite_conditions.zero_()  # count this run's non-finite stage-one images, not training's
     out_dir = Path(cfg.out_dir)
     if (out_dir / "results.json").exists():
         check_writable(out_dir, cfg.overwrite)
@@ -208,7 +209,13 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
         task="test_ddpm",
         config=plain(cfg),
         checkpoint=str(cfg.checkpoint),
-        metrics={**metrics, **n_params, "global_step": checkpoint.get("global_step"), "world_size": shard.world_size},
+        metrics={
+            **metrics,
+            **n_params,
+            "nonfinite_stage_one_images": int(system.nonfinite_conditions),  # rank 0's; refined from the null condition
+            "global_step": checkpoint.get("global_step"),
+            "world_size": shard.world_size,
+        },
         timings=timings,
     )
 

@@ -92,9 +92,20 @@ class StageTwoSystem(ResumableSystem):
 
     @torch.no_grad()
     def stage_one_samples(self, n: int, labels=None, temperature=1.0, generator=None, noise=None) -> torch.Tensor:
-        """n stage-one images in [-1, 1] from the VAE's prior, rendered as in training."""
+        """n stage-one images in [-1, 1] from the VAE's prior, rendered as in training (non-finite ones: the null condition)."""
         output = self.hparams.conditioning["output"]
-        return self.stage_one.sample(n, self.vae_labels(labels), temperature=temperature, generator=generator, output=output, noise=noise)
+        y = self.stage_one.sample(n, self.vae_labels(labels), temperature=temperature, generator=generator, output=output, noise=noise)
+        return self.null_if_nonfinite(y)
+
+    def null_if_nonfinite(self, y: torch.Tensor) -> torch.Tensor:
+        """Replace non-finite stage-one images by the null condition (zeros), counting them in ``nonfinite_conditions``.
+
+        A stage one decoding from its prior can overflow (measured: 1 image in ~10,000 for a 30-minute CIFAR-10 VAE
+        with k = 4); one such image must not poison the refiner's weights with NaN, nor turn a sample black.
+        """
+        finite = torch.isfinite(y).flatten(1).all(dim=1)
+        self.nonfinite_conditions += (~finite).sum()
+        return torch.where(finite.reshape(-1, 1, 1, 1), y, torch.zeros_like(y))
 
     # ---- training ----------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -109,11 +120,7 @@ class StageTwoSystem(ResumableSystem):
         """Per-image diffusion loss [N] of uint8 images with their stage-one conditions."""
         y = self.condition(images, labels, generator) if self.diffusion.is_conditional else None
         if y is not None:
-            # A stage one decoding from its prior can overflow (measured: 1 image in ~10,000 for a 30-minute CIFAR-10
-            # VAE with k = 4); such an image becomes the null condition (zeros) instead of poisoning the weights with NaN.
-            finite = torch.isfinite(y).flatten(1).all(dim=1)
-            y = torch.where(finite.reshape(-1, 1, 1, 1), y, torch.zeros_like(y))
-            self.nonfinite_conditions += (~finite).sum()
+            y = self.null_if_nonfinite(y)
         denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, len(images), images.device), keep)
         return self.diffusion.training_loss(denoiser, to_unit(images), y, generator=generator)
 

@@ -195,3 +195,21 @@ def test_shared_noise_starts_every_refinement_from_the_same_noise(refiner, tmp_p
     seen.clear()
     evaluate(eval_config(refiner, tmp_path / "own", "samples.n=6"))
     assert seen == [None, None]  # drawn per batch from its seed
+
+
+def test_a_nonfinite_stage_one_sample_is_refined_from_the_null_condition(refiner, tmp_path, monkeypatch):
+    from main.models.vdvae import HierarchicalVAE
+
+    original = HierarchicalVAE.sample
+
+    def overflowing(self, n, *args, **kwargs):
+        images = original(self, n, *args, **kwargs)
+        images[0] = float("inf")
+        return images
+
+    monkeypatch.setattr(HierarchicalVAE, "sample", overflowing)
+    out = tmp_path / "eval"
+    results = evaluate(eval_config(refiner, out, "samples.n=6"))  # batches of 4 and 2: one bad image each
+    assert results["metrics"]["nonfinite_stage_one_images"] == 2
+    refined = np.load(out / "samples.npz")["images"]
+    assert refined.shape[0] == 6 and refined[0].any() and refined[4].any()  # NaN would have written black images
