@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first run, on scikit-learn's digits (no download): train stage one (the hierarchical VAE), evaluate
 # and sample it; train stage two (the DDPM refiner) on it; draw two-stage samples.
-# About 15 minutes on 2 CPU cores. Outputs go to outputs/quickstart (an earlier one is moved aside).
+# About 11 minutes on 2 CPU cores. Outputs go to outputs/quickstart (an earlier one is moved aside).
 source "$(dirname "$0")/_env.sh"
 out=outputs/quickstart
 if [ -e "$out" ]; then
