@@ -12,6 +12,7 @@ try:  # first: puts the repository on sys.path
     from main import _bootstrap  # noqa: F401  (run as a package)
 except ModuleNotFoundError:
     import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)
+import math
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule
 from main.evaluation import batch_generator, generate_to, pick_device
@@ -29,7 +31,7 @@ from main.utils.errors import UserError, exit_on_user_error
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
 from main.utils.results import write_results
 
-TASKS = ("bpd", "samples", "class_samples", "reconstructions")
+TASKS = ("bpd", "iw_bpd", "samples", "class_samples", "reconstructions")
 
 
 def test_bpd(system, data_cfg, cfg) -> tuple[dict, dict]:
@@ -44,6 +46,40 @@ def test_bpd(system, data_cfg, cfg) -> tuple[dict, dict]:
     seconds = time.perf_counter() - start
     metrics = {f"{cfg.bpd.split}_{k.split('/')[1]}": v for k, v in scores.items()}
     return metrics, {"eval_images_per_s": n_images / seconds, "eval_images": n_images}
+
+
+def test_iw_bpd(vae: HierarchicalVAE, data_cfg, cfg, device) -> tuple[dict, dict]:
+    """Importance-weighted bits/dim with K posterior samples, and the ELBO on the same images, each with its standard
+    error over images; the KL of each latent group shows which groups carry information."""
+    c = cfg.iw_bpd
+    split = build_datamodule(data_cfg, batch_size=cfg.batch_size).split(c.split)
+    n = len(split) if c.n_images is None else min(int(c.n_images), len(split))
+    loader = DataLoader(Subset(split, range(n)), batch_size=cfg.batch_size)
+    torch.manual_seed(cfg.seed)  # the ELBO's distortion is scored at one posterior draw
+    elbo_bpd, iw_bpd, kl_per_group = [], [], []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for index, (x, labels) in enumerate(loader):
+            x, labels = x.to(device), labels.to(device)
+            vae.check_images(x)
+            elbo = vae(x, labels)
+            elbo_bpd.append(elbo.bits_per_dim)
+            kl_per_group.append(elbo.kl_per_group / math.log(2))
+            nll = vae.importance_weighted_nll(x, labels, c.samples, batch_generator(cfg.seed, index * cfg.batch_size, device))
+            iw_bpd.append(nll / math.log(2))
+    seconds = time.perf_counter() - start
+    elbo_bpd, iw_bpd = torch.cat(elbo_bpd).double(), torch.cat(iw_bpd).double()
+    name = c.split
+    metrics = {
+        f"{name}_elbo_bpd": float(elbo_bpd.mean()),
+        f"{name}_elbo_bpd_se": float(elbo_bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
+        f"{name}_iw_bpd": float(iw_bpd.mean()),
+        f"{name}_iw_bpd_se": float(iw_bpd.std() / math.sqrt(n)) if n > 1 else float("nan"),
+        "iw_samples": int(c.samples),
+        "iw_images": n,
+        "kl_per_group_bpd": torch.cat(kl_per_group).mean(0).tolist(),
+    }
+    return metrics, {"iw_bpd_seconds": seconds}
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -65,6 +101,11 @@ def evaluate(cfg: DictConfig) -> dict:
         metrics.update(m)
         timings.update(t)
         vae.to(device)
+
+    if "iw_bpd" in cfg.tasks:
+        m, t = test_iw_bpd(vae, data_cfg, cfg, device)
+        metrics.update(m)
+        timings.update(t)
 
     def seeded(start: int) -> torch.Generator:
         return batch_generator(cfg.seed, start, device)

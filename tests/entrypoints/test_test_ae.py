@@ -12,6 +12,7 @@ import torch
 from helpers import compose_config, tiny_train_config
 from PIL import Image
 
+from main.systems.stage_one import load_stage_one
 from main.test_ae import evaluate
 from main.train_ae import train
 from main.utils.errors import UserError
@@ -58,6 +59,18 @@ def test_every_task_writes_images_grids_npz_and_results(checkpoint, tmp_path):
     for grid in ["samples_grid.png", "class_samples_grid.png", "reconstructions_grid.png"]:
         assert (out / grid).stat().st_size > 0
     assert not list(tmp_path.glob("**/.*.partial"))
+
+
+def test_iw_bpd_reports_both_bounds_on_the_same_images_with_standard_errors(checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    metrics = evaluate(eval_config(checkpoint, out, "tasks=[bpd,iw_bpd]", "iw_bpd.samples=16", "iw_bpd.n_images=40"))["metrics"]
+    assert metrics["iw_images"] == 40 and metrics["iw_samples"] == 16
+    assert metrics["test_iw_bpd"] < metrics["test_elbo_bpd"]  # 16 samples tighten the bound
+    assert 0 < metrics["test_iw_bpd_se"] < 1 and 0 < metrics["test_elbo_bpd_se"] < 1
+    # The ELBO on 40 images is within a few standard errors of the whole test set's.
+    assert abs(metrics["test_elbo_bpd"] - metrics["test_bpd"]) < 6 * metrics["test_elbo_bpd_se"] + 0.05
+    kl = metrics["kl_per_group_bpd"]
+    assert len(kl) == load_stage_one(checkpoint)[0].vae.num_groups and min(kl) >= 0
 
 
 def test_existing_results_are_not_overwritten_unless_asked(checkpoint, tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 
 from main.models.vdvae.blocks import BlockSpec, Bottleneck, conv, depth_scale, scale_
 from main.models.vdvae.encoder import match_width
-from main.models.vdvae.gaussian import gaussian_kl, gaussian_sample
+from main.models.vdvae.gaussian import gaussian_kl, gaussian_log_ratio, gaussian_sample
 
 
 @dataclass
@@ -21,6 +21,7 @@ class GroupChoice:
     use_posterior: bool
     temperature: float = 1.0
     noise: torch.Tensor | None = None  # fixed eps for this group (figures, interpolation)
+    latent: torch.Tensor | None = None  # fixed z for this group (editing latents); overrides drawing
 
 
 class DecoderBlock(nn.Module):
@@ -46,20 +47,31 @@ class DecoderBlock(nn.Module):
         choice: GroupChoice,
         label_index: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        sampled_kl: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Returns (new state, z, KL per element or None when z came from the prior)."""
+        """Returns (new state, z, KL per element or None when z came from the prior).
+
+        The KL is analytic, or with ``sampled_kl`` log q(z) - log p(z) at the drawn z (for importance weights).
+        """
         if self.label_embedding is not None:
             state = state + self.label_embedding(label_index)[:, :, None, None]
         prior_mean, prior_logstd, prior_feature = self.prior(state).split([self.zdim, self.zdim, state.shape[1]], dim=1)
         kl = None
         if choice.use_posterior:
             post_mean, post_logstd = self.posterior(torch.cat([state, activation], dim=1)).chunk(2, dim=1)
-            z = gaussian_sample(post_mean, post_logstd, choice.temperature, choice.noise, generator)
-            kl = gaussian_kl(post_mean.float(), post_logstd.float(), prior_mean.float(), prior_logstd.float())
+            z = self._draw(post_mean, post_logstd, choice, generator)
+            q_and_p = (post_mean.float(), post_logstd.float(), prior_mean.float(), prior_logstd.float())
+            kl = gaussian_log_ratio(z.float(), *q_and_p) if sampled_kl else gaussian_kl(*q_and_p)
         else:
-            z = gaussian_sample(prior_mean, prior_logstd, choice.temperature, choice.noise, generator)
+            z = self._draw(prior_mean, prior_logstd, choice, generator)
         state = state + prior_feature + self.z_proj(z)
         return self.resnet(state), z, kl
+
+    @staticmethod
+    def _draw(mean: torch.Tensor, logstd: torch.Tensor, choice: GroupChoice, generator: torch.Generator | None) -> torch.Tensor:
+        if choice.latent is not None:
+            return choice.latent.to(mean.dtype)
+        return gaussian_sample(mean, logstd, choice.temperature, choice.noise, generator)
 
 
 class Decoder(nn.Module):
@@ -109,6 +121,7 @@ class Decoder(nn.Module):
         activations: dict[int, torch.Tensor] | None = None,
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        sampled_kl: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
         """Run the top-down pass; returns (features at image size, z per group, KL per group)."""
         param = self.gain
@@ -129,7 +142,7 @@ class Decoder(nn.Module):
                 upsampled = F.interpolate(states[block.mixin], scale_factor=res // block.mixin, mode="nearest")
                 state = state + match_width(upsampled, state.shape[1])
             activation = activations[res] if choice.use_posterior else None
-            states[res], z, kl = block(state, activation, choice, label_index, generator)
+            states[res], z, kl = block(state, activation, choice, label_index, generator, sampled_kl)
             zs.append(z)
             kls.append(kl)
         return states[self.image_size] * self.gain + self.bias, zs, kls

@@ -13,6 +13,16 @@ def gaussian_kl(mean_q: torch.Tensor, logstd_q: torch.Tensor, mean_p: torch.Tens
     return logstd_p - logstd_q + 0.5 * (torch.exp(2 * logstd_q) + (mean_q - mean_p) ** 2) * torch.exp(-2 * logstd_p) - 0.5
 
 
+def gaussian_log_ratio(
+    z: torch.Tensor, mean_q: torch.Tensor, logstd_q: torch.Tensor, mean_p: torch.Tensor, logstd_p: torch.Tensor
+) -> torch.Tensor:
+    """Elementwise log q(z) - log p(z) at a drawn z: the one-sample estimate of KL(q || p).
+
+    Importance weighting needs the density ratio at the z actually drawn, not its expectation.
+    """
+    return logstd_p - logstd_q + 0.5 * (((z - mean_p) * torch.exp(-logstd_p)) ** 2 - ((z - mean_q) * torch.exp(-logstd_q)) ** 2)
+
+
 def gaussian_sample(
     mean: torch.Tensor,
     logstd: torch.Tensor,

@@ -118,14 +118,37 @@ class HierarchicalVAE(nn.Module):
     # ---- training and evaluation -----------------------------------------------------------------
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> ELBO:
         """Negative ELBO of uint8 images x [B,C,H,W] (labels: class ids, -1 for none)."""
-        activations = self.encoder(self._encoder_input(x))
-        features, _, kls = self.decoder(self._choices(self.num_groups), x.shape[0], activations, labels)
-        target = self.targets(x)
-        distortion = self.likelihood.nll_per_dim(self.likelihood(features), target)
-        dims = x[0].numel()
-        kl_per_group = torch.stack([kl.sum(dim=(1, 2, 3)) for kl in kls], dim=1) / dims
+        return self._negative_elbo(x, self.encoder(self._encoder_input(x)), labels)
+
+    def _negative_elbo(
+        self,
+        x: torch.Tensor,
+        activations: dict[int, torch.Tensor],
+        labels: torch.Tensor | None,
+        sampled_kl: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ELBO:
+        """One top-down pass through the posterior; ``sampled_kl`` scores the drawn z instead of the analytic KL."""
+        features, _, kls = self.decoder(self._choices(self.num_groups), x.shape[0], activations, labels, generator, sampled_kl)
+        distortion = self.likelihood.nll_per_dim(self.likelihood(features), self.targets(x))
+        kl_per_group = torch.stack([kl.sum(dim=(1, 2, 3)) for kl in kls], dim=1) / x[0].numel()
         rate = kl_per_group.sum(dim=1)
         return ELBO(distortion + rate, distortion, rate, kl_per_group)
+
+    @torch.no_grad()
+    def importance_weighted_nll(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, samples: int = 100, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Per-image upper bound on -log p(x) in nats per dimension, from ``samples`` posterior draws.
+
+        -log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x): K = 1 is a one-sample ELBO, and the bound tightens
+        towards -log p(x) as K grows (Burda et al., 2016). The encoder runs once; the decoder K times.
+        """
+        if samples < 1:
+            raise UserError(f"importance sampling needs at least 1 sample, got {samples}")
+        activations = self.encoder(self._encoder_input(x))
+        log_weights = torch.stack([-self._negative_elbo(x, activations, labels, True, generator).loss for _ in range(samples)])
+        return -(torch.logsumexp(log_weights.double(), dim=0) - math.log(samples)).float()
 
     # ---- generation ------------------------------------------------------------------------------
     @torch.no_grad()

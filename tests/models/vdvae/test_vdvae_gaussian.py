@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from main.models.vdvae.gaussian import gaussian_kl, gaussian_sample
+from main.models.vdvae.gaussian import gaussian_kl, gaussian_log_ratio, gaussian_sample
 
 
 def random_gaussians(seed, shape=(4, 5, 3, 3)):
@@ -76,3 +76,21 @@ def test_sampling_is_reproducible_with_a_generator():
     c = gaussian_sample(mean_q, logstd_q, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.dtype == mean_q.dtype
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_log_ratio_matches_torch_distributions(seed):
+    """gaussian_log_ratio(z, q, p) equals Normal(q).log_prob(z) - Normal(p).log_prob(z) elementwise."""
+    mean_q, logstd_q, mean_p, logstd_p = random_gaussians(seed)
+    z = torch.randn(mean_q.shape, generator=torch.Generator().manual_seed(seed + 10), dtype=torch.float64) * 3
+    expected = Normal(mean_q, logstd_q.exp()).log_prob(z) - Normal(mean_p, logstd_p.exp()).log_prob(z)
+    torch.testing.assert_close(gaussian_log_ratio(z, mean_q, logstd_q, mean_p, logstd_p), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_log_ratio_at_posterior_draws_averages_to_the_kl():
+    """E_q[log q(z) - log p(z)] = KL(q || p): the sampled estimate is unbiased."""
+    mean_q, logstd_q, mean_p, logstd_p = (t[:1, :1, :1, :1].expand(200_000, 1, 1, 1) for t in random_gaussians(3))
+    z = gaussian_sample(mean_q, logstd_q, generator=torch.Generator().manual_seed(0))
+    estimate = gaussian_log_ratio(z, mean_q, logstd_q, mean_p, logstd_p)
+    kl = gaussian_kl(mean_q[0], logstd_q[0], mean_p[0], logstd_p[0]).item()
+    assert abs(estimate.mean().item() - kl) < 4 * estimate.std().item() / math.sqrt(len(estimate)) + 1e-9

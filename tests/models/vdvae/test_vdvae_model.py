@@ -184,6 +184,70 @@ def test_gradient_reaches_zero_initialised_parts_at_init():
     assert all(b.prior.c4.weight.grad.abs().sum() > 0 for b in model.decoder.blocks[1:])
 
 
+# ---- importance-weighted bound --------------------------------------------------------------------------------
+def elbo_draws(model, x, n) -> torch.Tensor:
+    """[n, B] negative ELBOs (analytic KL; the distortion is a one-sample estimate, so average draws)."""
+    with torch.no_grad():
+        return torch.stack([torch.manual_seed(s) and model(x).loss for s in range(n)])
+
+
+def test_one_sample_bound_is_an_unbiased_estimate_of_the_elbo():
+    """With K = 1 the bound is the ELBO with the KL replaced by log q(z) - log p(z) at the draw: same mean."""
+    model, x = tiny(), images(4)
+    analytic = elbo_draws(model, x, 200)
+    sampled = torch.stack([model.importance_weighted_nll(x, samples=1, generator=gen(s)) for s in range(200)])
+    standard_error = (analytic.var(0) / len(analytic) + sampled.var(0) / len(sampled)).sqrt()
+    assert torch.all((sampled.mean(0) - analytic.mean(0)).abs() < 4 * standard_error)
+
+
+def test_bound_on_the_same_draws_tightens_as_k_grows():
+    """On one stream of draws, log-mean-exp is concave: the K-sample bound is at most the mean of its K one-sample
+    bounds, and the 2K-sample bound at most the mean of the bounds of its two halves (image by image)."""
+    model, x = tiny(seed=1), images(6, seed=1)
+    stream = gen(7)
+    one_sample = torch.stack([model.importance_weighted_nll(x, samples=1, generator=stream) for _ in range(8)])
+    four = model.importance_weighted_nll(x, samples=4, generator=gen(7))
+    assert torch.all(four < one_sample[:4].mean(0))
+    stream = gen(7)
+    halves = torch.stack([model.importance_weighted_nll(x, samples=4, generator=stream) for _ in range(2)])
+    torch.testing.assert_close(halves[0], four)
+    assert torch.all(model.importance_weighted_nll(x, samples=8, generator=gen(7)) < halves.mean(0))
+
+
+def test_bound_with_many_samples_is_below_the_elbo():
+    """A posterior made too wide leaves a large ELBO gap that 32 importance samples visibly close."""
+    model, x = tiny(seed=1), images(8, seed=1)
+    with torch.no_grad():
+        for block in model.decoder.blocks:
+            block.posterior.c4.bias[block.zdim :] += 1.0  # log std of q up by 1
+    elbo = elbo_draws(model, x, 32)
+    bound = torch.stack([model.importance_weighted_nll(x, samples=32, generator=gen(s)) for s in range(4)])
+    standard_error = (elbo.var() / elbo.numel() + bound.var() / bound.numel()).sqrt()
+    assert bound.mean() < elbo.mean() - 4 * standard_error
+
+
+def test_bound_is_reproducible_with_a_generator_and_needs_a_sample():
+    model, x = tiny(), images(2)
+    torch.testing.assert_close(
+        model.importance_weighted_nll(x, samples=3, generator=gen(5)), model.importance_weighted_nll(x, samples=3, generator=gen(5))
+    )
+    assert "at least 1 sample" in user_error(model.importance_weighted_nll, x, samples=0)
+
+
+def test_fixed_latents_replace_the_draw():
+    """GroupChoice.latent is decoded as given, in posterior and prior groups alike."""
+    from main.models.vdvae.decoder import GroupChoice
+
+    model, x = tiny(), images(2)
+    latents = [torch.randn(shape, generator=gen(i)) for i, shape in enumerate(model.latent_shapes(2))]
+    activations = model.encoder(model._encoder_input(x))
+    with torch.no_grad():
+        for k in (0, 2):
+            choices = [GroupChoice(i < k, latent=z) for i, z in enumerate(latents)]
+            _, zs, _ = model.decoder(choices, 2, activations)
+            assert all(torch.equal(z, fixed) for z, fixed in zip(zs, latents))
+
+
 # ---- parameter counts ---------------------------------------------------------------------------------------
 def count(model) -> int:
     return sum(p.numel() for p in model.parameters())
