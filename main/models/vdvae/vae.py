@@ -108,12 +108,16 @@ class HierarchicalVAE(nn.Module):
         """Shape [n, zdim, res, res] of each latent group, top (coarsest) first."""
         return [(n, block.zdim, block.resolution, block.resolution) for block in self.decoder.blocks]
 
-    def _choices(self, k: int, temperature: float | Sequence[float] = 1.0, noise=None) -> list[GroupChoice]:
+    def _choices(self, k: int, temperature: float | Sequence[float] = 1.0, noise=None, latents=None) -> list[GroupChoice]:
         temps = _per_group(temperature, self.num_groups, "temperature")
-        noise = list(noise) if noise is not None else [None] * self.num_groups
-        if len(noise) != self.num_groups:
-            raise UserError(f"noise has {len(noise)} entries but the model has {self.num_groups} latent groups")
-        return [GroupChoice(i < k, t, n) for i, (t, n) in enumerate(zip(temps, noise))]
+        noise, latents = (self._per_group_tensors(v, name) for v, name in ((noise, "noise"), (latents, "latents")))
+        return [GroupChoice(i < k, t, n, z) for i, (t, n, z) in enumerate(zip(temps, noise, latents))]
+
+    def _per_group_tensors(self, values, name: str) -> list:
+        values = list(values) if values is not None else [None] * self.num_groups
+        if len(values) != self.num_groups:
+            raise UserError(f"{name} has {len(values)} entries but the model has {self.num_groups} latent groups")
+        return values
 
     # ---- training and evaluation -----------------------------------------------------------------
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> ELBO:
@@ -160,14 +164,23 @@ class HierarchicalVAE(nn.Module):
         generator: torch.Generator | None = None,
         output: str = "sample",
         noise: Sequence[torch.Tensor | None] | None = None,
+        latents: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """n images in [-1, 1] from the prior; ``temperature`` scales each group's prior std.
 
         ``noise``: optional standard-normal eps per group (shapes from `latent_shapes`; None entries are
-        drawn), to hold some groups fixed or interpolate them.
+        drawn), to hold some groups fixed or interpolate them. ``latents``: optional z per group, decoded as
+        given (from `encode_latents`, possibly edited); None entries come from the prior.
         """
-        features, _, _ = self.decoder(self._choices(0, temperature, noise), n, None, labels, generator)
+        features, _, _ = self.decoder(self._choices(0, temperature, noise, latents), n, None, labels, generator)
         return self.render(features, output, generator)
+
+    @torch.no_grad()
+    def encode_latents(self, x: torch.Tensor, labels: torch.Tensor | None = None, temperature: float = 0.0, generator=None):
+        """The posterior's z of every group (top first) for uint8 images x: its means at temperature 0, else draws."""
+        activations = self.encoder(self._encoder_input(x))
+        _, zs, _ = self.decoder(self._choices(self.num_groups, temperature), x.shape[0], activations, labels, generator)
+        return zs
 
     @torch.no_grad()
     def reconstruct(

@@ -248,6 +248,21 @@ def test_fixed_latents_replace_the_draw():
             assert all(torch.equal(z, fixed) for z, fixed in zip(zs, latents))
 
 
+def test_encoded_latents_decode_to_the_reconstruction():
+    """Posterior means fed back through `sample(latents=...)` give `reconstruct` at temperature 0 for every group."""
+    model, x = tiny(), images(3)
+    latents = model.encode_latents(x)
+    assert [tuple(z.shape) for z in latents] == model.latent_shapes(3)
+    with torch.no_grad():
+        decoded = model.sample(3, latents=latents, output="mean")
+        direct = model.reconstruct(x, temperature=0.0, output="mean")
+        torch.testing.assert_close(decoded, direct)
+        assert not torch.allclose(
+            model.sample(3, latents=[latents[0], *[None] * (len(latents) - 1)], output="mean", generator=gen(0)), direct
+        )
+    assert "latents has 1 entries" in user_error(model.sample, 3, latents=latents[:1])
+
+
 # ---- parameter counts ---------------------------------------------------------------------------------------
 def count(model) -> int:
     return sum(p.numel() for p in model.parameters())
