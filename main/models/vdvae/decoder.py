@@ -11,7 +11,8 @@ from torch import nn
 
 from main.models.vdvae.blocks import BlockSpec, Bottleneck, conv, depth_scale, scale_
 from main.models.vdvae.encoder import match_width
-from main.models.vdvae.gaussian import gaussian_kl, gaussian_log_ratio, gaussian_sample
+from main.models.vdvae.gaussian import gaussian_kl, gaussian_log_ratio, gaussian_sample, guided_prior
+from main.utils.errors import UserError
 
 
 @dataclass
@@ -48,10 +49,13 @@ class DecoderBlock(nn.Module):
         label_index: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         sampled_kl: bool = False,
+        guidance: tuple[float, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Returns (new state, z, KL per element or None when z came from the prior).
 
         The KL is analytic, or with ``sampled_kl`` log q(z) - log p(z) at the drawn z (for importance weights).
+        With ``guidance`` (mean and variance weights) the batch is [conditional; unconditional] halves: one z is
+        drawn from the guided prior and continues both halves.
         """
         if self.label_embedding is not None:
             state = state + self.label_embedding(label_index)[:, :, None, None]
@@ -62,6 +66,9 @@ class DecoderBlock(nn.Module):
             z = self._draw(post_mean, post_logstd, choice, generator)
             q_and_p = (post_mean.float(), post_logstd.float(), prior_mean.float(), prior_logstd.float())
             kl = gaussian_log_ratio(z.float(), *q_and_p) if sampled_kl else gaussian_kl(*q_and_p)
+        elif guidance is not None:
+            z = self._draw(*guided_prior(prior_mean, prior_logstd, *guidance), choice, generator)
+            z = torch.cat([z, z])
         else:
             z = self._draw(prior_mean, prior_logstd, choice, generator)
         state = state + prior_feature + self.z_proj(z)
@@ -122,10 +129,20 @@ class Decoder(nn.Module):
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         sampled_kl: bool = False,
+        guidance: tuple[float, float] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
-        """Run the top-down pass; returns (features at image size, z per group, KL per group)."""
+        """Run the top-down pass; returns (features at image size, z per group, KL per group).
+
+        ``guidance`` (prior sampling of a class-conditional model): classifier-free guidance at every group,
+        running an unconditional copy of the batch beside the conditional one.
+        """
         param = self.gain
         label_index = self.label_index(labels, batch, param.device)
+        if guidance is not None:
+            if label_index is None or any(c.use_posterior for c in choices):
+                raise UserError("guidance needs a class-conditional model sampling from its prior")
+            label_index = torch.cat([label_index, torch.full_like(label_index, self.num_classes)])
+            batch *= 2
         states: dict[int, torch.Tensor] = {}
         zs, kls = [], []
         for block, choice in zip(self.blocks, choices):
@@ -142,7 +159,8 @@ class Decoder(nn.Module):
                 upsampled = F.interpolate(states[block.mixin], scale_factor=res // block.mixin, mode="nearest")
                 state = state + match_width(upsampled, state.shape[1])
             activation = activations[res] if choice.use_posterior else None
-            states[res], z, kl = block(state, activation, choice, label_index, generator, sampled_kl)
-            zs.append(z)
+            states[res], z, kl = block(state, activation, choice, label_index, generator, sampled_kl, guidance)
+            zs.append(z[: len(z) // 2] if guidance is not None else z)
             kls.append(kl)
-        return states[self.image_size] * self.gain + self.bias, zs, kls
+        features = states[self.image_size][: batch // 2] if guidance is not None else states[self.image_size]
+        return features * self.gain + self.bias, zs, kls

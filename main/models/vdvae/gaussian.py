@@ -34,3 +34,13 @@ def gaussian_sample(
     if noise is None:
         noise = torch.randn(mean.shape, device=mean.device, dtype=mean.dtype, generator=generator)
     return mean + temperature * torch.exp(logstd) * noise
+
+
+def guided_prior(mean: torch.Tensor, logstd: torch.Tensor, mean_weight: float, variance_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classifier-free guidance of a prior computed for [conditional; unconditional] halves of a batch.
+
+    mean = m_c + w_m (m_c - m_u);  variance = v_c (v_c / v_u)^w_v, i.e. log std = s_c + w_v (s_c - s_u).
+    Weights 0 give the conditional prior itself.
+    """
+    (mean_c, mean_u), (logstd_c, logstd_u) = mean.chunk(2), logstd.chunk(2)
+    return mean_c + mean_weight * (mean_c - mean_u), logstd_c + variance_weight * (logstd_c - logstd_u)

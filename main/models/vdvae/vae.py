@@ -1,7 +1,9 @@
-"""The hierarchical VAE: encoder, top-down decoder and the discretized-logistic likelihood.
+"""The hierarchical VAE: encoder, top-down decoder and the output likelihood.
 
-Images enter as uint8 [B,C,H,W]; the encoder sees them normalised by the data set's mean and std,
-the likelihood scores them on the [-1, 1] grid of 2**bits levels. All losses are per dimension.
+In pixel space (likelihood "dmol") images enter as uint8 [B,C,H,W]; the encoder sees them normalised by the
+data set's mean and std, and a discretized mixture of logistics scores them on the [-1, 1] grid of 2**bits
+levels. In latent space (likelihood "gaussian") an autoencoder's float latents enter, are normalised by the
+shift and scale measured on the data, clipped, and scored by a Gaussian density. All losses are per dimension.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from main.models.vdvae.blocks import check_decoder_blocks, check_encoder_blocks, parse_block_string, parse_widths
 from main.models.vdvae.decoder import Decoder, GroupChoice
 from main.models.vdvae.encoder import Encoder
+from main.models.vdvae.gaussian_likelihood import GaussianOutput
 from main.models.vdvae.likelihood import DiscretizedMixtureLogistics
 from main.utils.errors import UserError
 
@@ -51,9 +54,15 @@ class HierarchicalVAE(nn.Module):
         num_classes: int = 0,
         pixel_mean: float = 127.5,
         pixel_std: float = 127.5,
+        likelihood: str = "dmol",
+        clip: float = 4.0,
     ):
+        """pixel_mean / pixel_std: the input's shift and scale (pixels, or latents in latent space);
+        likelihood: "dmol" (uint8 images) or "gaussian" (float latents, normalised then clipped to +-clip)."""
         super().__init__()
-        if channels not in (1, 3):
+        if likelihood not in ("dmol", "gaussian"):
+            raise UserError(f"unknown likelihood {likelihood!r}: use 'dmol' (pixels) or 'gaussian' (autoencoder latents)")
+        if likelihood == "dmol" and channels not in (1, 3):
             raise UserError(f"images have {channels} channels: only 1 (grayscale) or 3 (RGB) are supported")
         enc = parse_block_string(enc_blocks, "encoder")
         dec = parse_block_string(dec_blocks, "decoder")
@@ -75,7 +84,13 @@ class HierarchicalVAE(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(float(pixel_std)), persistent=False)
         self.encoder = Encoder(channels, enc, widths, bottleneck_multiple, image_size)
         self.decoder = Decoder(dec, widths, zdim, bottleneck_multiple, no_bias_above, image_size, num_classes)
-        self.likelihood = DiscretizedMixtureLogistics(widths[image_size], channels, num_mixtures, bits)
+        self.clip = clip
+        self.latent_space = likelihood == "gaussian"
+        self.likelihood = (
+            GaussianOutput(widths[image_size], channels)
+            if self.latent_space
+            else DiscretizedMixtureLogistics(widths[image_size], channels, num_mixtures, bits)
+        )
 
     @property
     def num_groups(self) -> int:
@@ -91,18 +106,27 @@ class HierarchicalVAE(nn.Module):
             )
 
     def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> the likelihood's grid in [-1, 1] (dropping low bits when bits < 8)."""
+        """uint8 images -> the likelihood's grid in [-1, 1] (dropping low bits when bits < 8); latents -> normalised."""
+        if self.latent_space:
+            return self._encoder_input(x)
         levels = self.likelihood.levels
         q = torch.div(x.long(), 256 // (levels + 1), rounding_mode="floor")
         return q.float() * (2.0 / levels) - 1.0
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> uint8 for saving, spreading 2**bits levels over 0..255."""
+        if self.latent_space:
+            raise UserError("a latent-space model outputs latents, not images: decode them with its autoencoder (LatentSpaceModel)")
         levels = self.likelihood.levels
         return torch.round(self.likelihood.to_levels(x) * (255.0 / levels)).to(torch.uint8)
 
     def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.pixel_mean) / self.pixel_std
+        normalised = (x.float() - self.pixel_mean) / self.pixel_std
+        return normalised.clamp(-self.clip, self.clip) if self.latent_space else normalised
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's output in normalised units -> the input's units (latent space)."""
+        return z * self.pixel_std + self.pixel_mean
 
     def latent_shapes(self, n: int) -> list[tuple[int, int, int, int]]:
         """Shape [n, zdim, res, res] of each latent group, top (coarsest) first."""
@@ -165,14 +189,17 @@ class HierarchicalVAE(nn.Module):
         output: str = "sample",
         noise: Sequence[torch.Tensor | None] | None = None,
         latents: Sequence[torch.Tensor | None] | None = None,
+        guidance: tuple[float, float] = (0.0, 0.0),
     ) -> torch.Tensor:
         """n images in [-1, 1] from the prior; ``temperature`` scales each group's prior std.
 
         ``noise``: optional standard-normal eps per group (shapes from `latent_shapes`; None entries are
         drawn), to hold some groups fixed or interpolate them. ``latents``: optional z per group, decoded as
-        given (from `encode_latents`, possibly edited); None entries come from the prior.
+        given (from `encode_latents`, possibly edited); None entries come from the prior. ``guidance``:
+        classifier-free guidance weights (mean, variance) of every group's prior; (0, 0) is unguided.
         """
-        features, _, _ = self.decoder(self._choices(0, temperature, noise, latents), n, None, labels, generator)
+        guided = tuple(guidance) if any(guidance) else None
+        features, _, _ = self.decoder(self._choices(0, temperature, noise, latents), n, None, labels, generator, guidance=guided)
         return self.render(features, output, generator)
 
     @torch.no_grad()
