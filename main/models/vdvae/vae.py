@@ -98,12 +98,7 @@ class HierarchicalVAE(nn.Module):
 
     # ---- data ----------------------------------------------------------------------------------
     def check_images(self, x: torch.Tensor) -> None:
-        expected = (self.channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise UserError(
-                f"images of shape {tuple(x.shape[1:])} do not fit a model for {expected} (C, H, W): "
-                "use the data set the model was trained on"
-            )
+        check_image_shape(x, self.channels, self.image_size)
 
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the likelihood's grid in [-1, 1] (dropping low bits when bits < 8); latents -> normalised."""
@@ -235,6 +230,14 @@ class HierarchicalVAE(nn.Module):
         if output == "mean":
             return self.likelihood.mean(params)
         raise UserError(f"unknown output {output!r}: use 'sample' or 'mean'")
+
+
+def check_image_shape(x: torch.Tensor, channels: int, image_size: int) -> None:
+    expected = (channels, image_size, image_size)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise UserError(
+            f"images of shape {tuple(x.shape[1:])} do not fit a model for {expected} (C, H, W): use the data set the model was trained on"
+        )
 
 
 def _per_group(value: float | Sequence[float], n: int, name: str) -> list[float]:
