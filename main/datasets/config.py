@@ -28,6 +28,7 @@ NAME_TO_FORMAT = {
     "lsun_bedroom": "folder",
     "lsun_church": "folder",
     "afhq": "folder",
+    "imagenet256": "folder",
 }
 
 _REQUIRED = ("name", "image_size", "channels", "num_classes")

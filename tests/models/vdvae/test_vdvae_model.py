@@ -350,9 +350,40 @@ def test_digits_preset_builds_and_runs(compose_train):
     assert torch.isfinite(elbo.loss).all()
 
 
+def test_class_conditional_imagenet256_is_ffhq256_plus_label_embeddings(compose_train, no_init):
+    model = build(compose_train("dataset=imagenet256"))
+    embeddings = sum(block.label_embedding.weight.numel() for block in model.decoder.blocks)
+    assert model.num_classes == 1000 and count(model) - embeddings == PUBLISHED["ffhq256"]
+
+
+# Latent-space presets: data set -> (preset, latent groups). Built as train_ae builds them, at latent resolution.
+LATENT = {
+    "imagenet256": ("imagenet256_latent", 46),
+    "ffhq256": ("ffhq256_latent", 46),
+    "lsun_church": ("lsun_church_latent", 46),
+    "lsun_bedroom": ("lsun_bedroom_latent", 46),
+    "cifar10": ("cifar10_latent_cpu", 11),
+    "digits": ("digits_latent", 6),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(LATENT))
+def test_latent_presets_build_at_latent_resolution(compose_train, no_init, dataset):
+    preset, groups = LATENT[dataset]
+    cfg = compose_train(f"dataset={dataset}", f"vae={preset}")
+    assert cfg.vae.space == "latent" and cfg.vae.autoencoder
+    size = {"digits": 4, "cifar10": 8}.get(dataset, 32)  # KL-f2 / KL-f4 (ours), KL-f8 (Stable Diffusion)
+    overrides = {"image_size": size, "channels": 4, "likelihood": "gaussian"}
+    with torch.device("meta"):
+        model = HierarchicalVAE(**{**OmegaConf.to_container(cfg.vae.model, resolve=True), **overrides})
+    assert model.num_groups == groups
+    assert (model.num_classes > 0) == (dataset in ("imagenet256", "digits"))
+
+
 def test_every_vae_preset_is_covered_above():
     presets = {p.stem for p in (CONFIG_DIR / "vae").glob("*.yaml")}
-    assert presets == set(PUBLISHED) | set(SAME_ARCHITECTURE) | set(GENERIC_32PX) | {"digits"}
+    covered = set(PUBLISHED) | set(SAME_ARCHITECTURE) | set(GENERIC_32PX) | {"digits", "imagenet256"}
+    assert presets == covered | {preset for preset, _ in LATENT.values()}
 
 
 def test_folder_data_set_works_with_its_default_preset(compose_train, no_init):
