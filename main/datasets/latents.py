@@ -91,7 +91,8 @@ class LatentCache:
     def _encode(self, dataset: Dataset, split: str, batch_size: int, device) -> None:
         loader = DataLoader(dataset, batch_size=batch_size)
         latents_path, labels_path = self.paths(split)
-        tmp_latents, tmp_labels = (p.with_name(p.stem + ".partial.npy") for p in (latents_path, labels_path))
+        # Per-process temporary names: DDP ranks that encode the same split at once each rename a complete file.
+        tmp_latents, tmp_labels = (p.with_name(f"{p.stem}.partial-{os.getpid()}.npy") for p in (latents_path, labels_path))
         array, labels, start = None, np.empty(len(dataset), dtype=np.int64), 0
         for images, batch_labels in loader:
             z = encode_images(self.autoencoder, images.to(device)).float().cpu().numpy()
