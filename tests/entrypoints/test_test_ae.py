@@ -66,6 +66,8 @@ def test_iw_bpd_reports_both_bounds_on_the_same_images_with_standard_errors(chec
     metrics = evaluate(eval_config(checkpoint, out, "tasks=[bpd,iw_bpd]", "iw_bpd.samples=16", "iw_bpd.n_images=40"))["metrics"]
     assert metrics["iw_images"] == 40 and metrics["iw_samples"] == 16
     assert metrics["test_iw_bpd"] < metrics["test_elbo_bpd"]  # 16 samples tighten the bound
+    assert metrics["test_iw_gain_bpd"] == pytest.approx(metrics["test_elbo_bpd"] - metrics["test_iw_bpd"])
+    assert 0 < metrics["test_iw_gain_bpd_se"] < metrics["test_elbo_bpd_se"]
     assert 0 < metrics["test_iw_bpd_se"] < 1 and 0 < metrics["test_elbo_bpd_se"] < 1
     # The ELBO on 40 images is within a few standard errors of the whole test set's.
     assert abs(metrics["test_elbo_bpd"] - metrics["test_bpd"]) < 6 * metrics["test_elbo_bpd_se"] + 0.05

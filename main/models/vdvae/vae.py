@@ -170,8 +170,11 @@ class HierarchicalVAE(nn.Module):
         if samples < 1:
             raise UserError(f"importance sampling needs at least 1 sample, got {samples}")
         activations = self.encoder(self._encoder_input(x))
-        log_weights = torch.stack([-self._negative_elbo(x, activations, labels, True, generator).loss for _ in range(samples)])
-        return -(torch.logsumexp(log_weights.double(), dim=0) - math.log(samples)).float()
+        dims = x[0].numel()  # weights are ratios of whole-image densities: total nats, not nats per dimension
+        log_weights = torch.stack(
+            [-self._negative_elbo(x, activations, labels, True, generator).loss.double() * dims for _ in range(samples)]
+        )
+        return (-(torch.logsumexp(log_weights, dim=0) - math.log(samples)) / dims).float()
 
     # ---- generation ------------------------------------------------------------------------------
     @torch.no_grad()

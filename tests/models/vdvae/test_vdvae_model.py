@@ -214,6 +214,16 @@ def test_bound_on_the_same_draws_tightens_as_k_grows():
     assert torch.all(model.importance_weighted_nll(x, samples=8, generator=gen(7)) < halves.mean(0))
 
 
+def test_bound_averages_whole_image_weights_not_per_dimension_ones():
+    """-log mean_k exp(-D * l_k) / D, with l_k the one-sample negative ELBOs per dimension (D dimensions) of the same draws."""
+    model, x = tiny(seed=1), images(4, seed=1)
+    stream = gen(3)
+    per_dim = torch.stack([model.importance_weighted_nll(x, samples=1, generator=stream) for _ in range(6)]).double()
+    dims = x[0].numel()
+    expected = -(torch.logsumexp(-dims * per_dim, dim=0) - math.log(6)) / dims
+    torch.testing.assert_close(model.importance_weighted_nll(x, samples=6, generator=gen(3)).double(), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_bound_with_many_samples_is_below_the_elbo():
     """A posterior made too wide leaves a large ELBO gap that 32 importance samples visibly close."""
     model, x = tiny(seed=1), images(8, seed=1)
