@@ -52,9 +52,10 @@ def stage_one_config(preset: str, overrides: list[str]) -> DictConfig:
 
 
 def vdvae_model(stage: DictConfig, preset: str) -> tuple[dict, dict]:
-    """(model kwargs, data set config) with VDVAE's input normalisation of the preset's data set."""
+    """(model kwargs, data set config) with VDVAE's input normalisation and level grid for the preset's data set."""
     model, data = plain(stage.vae.model), plain(stage.dataset)
     model["pixel_mean"], model["pixel_std"] = data["pixel_mean"], data["pixel_std"] = VDVAE_PIXEL_STATS[preset]
+    model["level_grid"] = "floor"  # VDVAE's low-bit levels (the same as ours at 8 bits)
     return model, data
 
 

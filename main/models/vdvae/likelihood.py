@@ -1,7 +1,9 @@
 """Discretized mixture of logistics (PixelCNN++) over 2**bits levels per channel.
 
-Images live in [-1, 1]: level q of L = 2**bits - 1 sits at 2q/L - 1, and each level owns the bin of
-half-width 1/L around it (the two end bins reach to -inf and +inf). Colour images use PixelCNN++'s
+Images live in [-1, 1]: level q of L = 2**bits - 1 sits at 2q/L - 1 (``level_grid="spread"``), and each
+level owns the bin of half-width 1/L around it (the two end bins reach to -inf and +inf). VDVAE's low-bit
+data keep the pixel value floor(x / 2**(8-bits)) * 2**(8-bits), so its levels sit at q * 2**(8-bits) / 127.5 - 1
+(``level_grid="floor"``: -1 .. 0.945 at 5 bits, the top bin not open-ended); at 8 bits both grids agree. Colour images use PixelCNN++'s
 channel dependence: the mean of G is shifted by a * R, the mean of B by b * R + c * G.
 
 Parameter layout (channels of the output conv), kept identical to VDVAE's so its checkpoints load:
@@ -54,11 +56,14 @@ class MixtureParams:
 class DiscretizedMixtureLogistics(nn.Module):
     """Output head: a 1x1 conv to mixture parameters, the negative log-likelihood, samples and the mean."""
 
-    def __init__(self, width: int, channels: int, num_mixtures: int, bits: int = 8):
+    def __init__(self, width: int, channels: int, num_mixtures: int, bits: int = 8, level_grid: str = "spread"):
         super().__init__()
         self.channels = channels
         self.num_mixtures = num_mixtures
         self.levels = 2**bits - 1
+        self.pixel_step = 2 ** (8 - bits)  # 0..255 pixel values per level
+        self.level_grid = level_grid
+        self.spacing = {"spread": 2.0 / self.levels, "floor": self.pixel_step / 127.5}[level_grid]
         self.out_conv = nn.Conv2d(width, num_params(channels, num_mixtures), 1)
 
     def forward(self, h: torch.Tensor) -> MixtureParams:
@@ -118,7 +123,11 @@ class DiscretizedMixtureLogistics(nn.Module):
 
     def snap(self, x: torch.Tensor) -> torch.Tensor:
         """Round [-1, 1] values to the nearest level's position on the grid."""
-        return self.to_levels(x).float() * (2.0 / self.levels) - 1.0
+        return self.position(self.to_levels(x))
+
+    def position(self, q: torch.Tensor) -> torch.Tensor:
+        """Level indices -> their values in [-1, 1]."""
+        return q.float() * self.spacing - 1.0
 
     def mean(self, params: MixtureParams) -> torch.Tensor:
         """Mixture mean in [-1, 1] (ignoring the bin edges): a deterministic image for the refiner."""
@@ -135,4 +144,4 @@ class DiscretizedMixtureLogistics(nn.Module):
 
     def to_levels(self, x: torch.Tensor) -> torch.Tensor:
         """Map [-1, 1] to the nearest of the 2**bits levels, as integers."""
-        return torch.round((x.float() + 1) * (self.levels / 2)).clamp(0, self.levels).long()
+        return torch.round((x.float() + 1) / self.spacing).clamp(0, self.levels).long()

@@ -54,20 +54,17 @@ _BIAS_STATE = re.compile(r"^decoder\.bias_states\.(\d+)$")
 def check_convertible(model: dict) -> None:
     """Refuse models VDVAE's code cannot express, or whose likelihood differs from VDVAE's.
 
-    5-bit data: VDVAE scores the targets floor(x / 8) * 8 / 127.5 - 1 (levels -1 .. 0.945 in steps of 0.0627,
-    bins of half-width 1/31, the top level not open-ended); ours puts the 32 levels at 2q/31 - 1, evenly over
-    [-1, 1]. Its likelihood is otherwise ours, but the same weights give different bits/dim, and no change of
-    weights maps one grid onto the other.
+    Low-bit data (ffhq256, 5 bits): VDVAE scores the targets floor(x / 8) * 8 / 127.5 - 1; the same weights
+    give VDVAE's bits/dim only with that level grid (``level_grid: floor``), not with levels spread over [-1, 1].
     """
     if model["channels"] != 3:
         raise UserError(f"VDVAE models RGB images only; this model has {model['channels']} channel(s)")
     if model.get("num_classes", 0):
         raise UserError("VDVAE models are unconditional; this model is class-conditional (its label embeddings have no VDVAE name)")
-    if model.get("bits", 8) != 8:
+    if model.get("bits", 8) != 8 and model.get("level_grid", "spread") != "floor":
         raise UserError(
-            f"a {model['bits']}-bit model cannot be converted exactly: VDVAE's low-bit likelihood (ffhq256) puts the levels at "
-            "8*floor(x/8)/127.5 - 1 with bins of half-width 1/31, ours spreads them evenly over [-1, 1], so the same weights "
-            "give different bits/dim"
+            f"a {model['bits']}-bit model with levels spread over [-1, 1] is not VDVAE's: VDVAE puts them at 8*floor(x/8)/127.5 - 1 "
+            "(vae.model.level_grid=floor), so the same weights would give different bits/dim"
         )
     widths = parse_widths(model["width"], model.get("custom_widths"))
     if widths[model["image_size"]] != model["width"]:

@@ -56,10 +56,14 @@ class HierarchicalVAE(nn.Module):
         pixel_std: float = 127.5,
         likelihood: str = "dmol",
         clip: float = 4.0,
+        level_grid: str = "spread",
     ):
         """pixel_mean / pixel_std: the input's shift and scale (pixels, or latents in latent space);
-        likelihood: "dmol" (uint8 images) or "gaussian" (float latents, normalised then clipped to +-clip)."""
+        likelihood: "dmol" (uint8 images) or "gaussian" (float latents, normalised then clipped to +-clip);
+        level_grid: where low-bit levels sit in [-1, 1], "spread" evenly or VDVAE's "floor" (likelihood.py)."""
         super().__init__()
+        if level_grid not in ("spread", "floor"):
+            raise UserError(f"unknown level_grid {level_grid!r}: use 'spread' (levels evenly over [-1, 1]) or 'floor' (VDVAE's)")
         if likelihood not in ("dmol", "gaussian"):
             raise UserError(f"unknown likelihood {likelihood!r}: use 'dmol' (pixels) or 'gaussian' (autoencoder latents)")
         if likelihood == "dmol" and channels not in (1, 3):
@@ -89,7 +93,7 @@ class HierarchicalVAE(nn.Module):
         self.likelihood = (
             GaussianOutput(widths[image_size], channels)
             if self.latent_space
-            else DiscretizedMixtureLogistics(widths[image_size], channels, num_mixtures, bits)
+            else DiscretizedMixtureLogistics(widths[image_size], channels, num_mixtures, bits, level_grid)
         )
 
     @property
@@ -104,16 +108,16 @@ class HierarchicalVAE(nn.Module):
         """uint8 images -> the likelihood's grid in [-1, 1] (dropping low bits when bits < 8); latents -> normalised."""
         if self.latent_space:
             return self._encoder_input(x)
-        levels = self.likelihood.levels
-        q = torch.div(x.long(), 256 // (levels + 1), rounding_mode="floor")
-        return q.float() * (2.0 / levels) - 1.0
+        return self.likelihood.position(torch.div(x.long(), self.likelihood.pixel_step, rounding_mode="floor"))
 
     def to_uint8(self, x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] images -> uint8 for saving, spreading 2**bits levels over 0..255."""
+        """[-1, 1] images -> uint8 for saving: 2**bits levels spread over 0..255, or VDVAE's kept pixel values."""
         if self.latent_space:
             raise UserError("a latent-space model outputs latents, not images: decode them with its autoencoder (LatentSpaceModel)")
-        levels = self.likelihood.levels
-        return torch.round(self.likelihood.to_levels(x) * (255.0 / levels)).to(torch.uint8)
+        levels = self.likelihood.to_levels(x)
+        if self.likelihood.level_grid == "floor":
+            return (levels * self.likelihood.pixel_step).to(torch.uint8)
+        return torch.round(levels * (255.0 / self.likelihood.levels)).to(torch.uint8)
 
     def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         normalised = (x.float() - self.pixel_mean) / self.pixel_std

@@ -351,7 +351,8 @@ def test_unreadable_files_are_refused_in_one_line(imported, tmp_path):
 
 def test_models_vdvae_cannot_express_are_refused():
     model = preset_model("ffhq256")
-    assert "5-bit model cannot be converted exactly" in one_line_error(check_convertible, model)
+    assert "5-bit model with levels spread over [-1, 1] is not VDVAE's" in one_line_error(check_convertible, model)
+    check_convertible({**model, "level_grid": "floor"})  # VDVAE's 5-bit grid
     assert "RGB images only" in one_line_error(check_convertible, {**model, "bits": 8, "channels": 1})
     assert "unconditional" in one_line_error(check_convertible, {**model, "bits": 8, "num_classes": 10})
     assert "gives 64 at the image size" in one_line_error(check_convertible, {**model, "bits": 8, "custom_widths": "256:64"})

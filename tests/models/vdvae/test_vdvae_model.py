@@ -439,6 +439,30 @@ def test_five_bit_to_uint8_spreads_levels_over_0_255():
     assert len(out) == 32 and int(out[0]) == 0 and int(out[-1]) == 255
 
 
+def test_floor_grid_keeps_vdvae_low_bit_pixel_values():
+    """level_grid=floor: uint8 v scores at floor(v/8)*8/127.5 - 1 (VDVAE's 5-bit targets); to_uint8 gives floor(v/8)*8 back."""
+    model = tiny(1, perturb=False, bits=5, level_grid="floor")
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    kept = torch.div(x, 8, rounding_mode="floor") * 8
+    t = model.targets(x)
+    torch.testing.assert_close(t, kept.double().div(127.5).sub(1).float())
+    assert float(t.max()) == pytest.approx(248 / 127.5 - 1) and float(t.min()) == -1.0
+    assert torch.equal(model.to_uint8(t), kept)
+    assert torch.equal(model.likelihood.snap(t), t)  # targets are on the grid samples snap to
+
+
+def test_grids_agree_at_eight_bits():
+    spread, floor = tiny(1, perturb=False), tiny(1, perturb=False, level_grid="floor")
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert torch.equal(spread.targets(x), floor.targets(x))
+    u = torch.linspace(-1, 1, 777)
+    assert torch.equal(spread.to_uint8(u), floor.to_uint8(u))
+
+
+def test_unknown_level_grid_is_a_user_error():
+    assert "unknown level_grid" in user_error(tiny, level_grid="round")
+
+
 # ---- sampling ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("channels", [1, 3])
 def test_sample_shape_range_and_uint8(channels):
