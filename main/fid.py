@@ -9,6 +9,9 @@ read through `main/configs/dataset/<dataset>.yaml` (`--data-root` sets its root;
 The reference's Inception features are cached in `--cache` under a name derived from the reference and the
 weights file, so later runs against it only process the samples. Writes the metrics to `--json`
 (default: fid.json next to the samples) with the results.json schema.
+
+`Scorer` and `load_reference` also serve the training-time callback (main/callbacks/fid_metrics.py) and
+test_ddpm.py's speed_quality task, so every FID in the project is computed the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ try:  # first: puts the repository on sys.path
 except ModuleNotFoundError:
     import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)
 import argparse
+import dataclasses
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
@@ -40,6 +46,7 @@ FEATURE_EXTRACTOR = "inception-v3-compat"
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 METRICS = ("fid", "kid", "isc", "prc")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+DEFAULT_CACHE = ROOT / "outputs" / "fid_cache"  # reference features, shared by fid.py, the training callback and speed_quality
 FULL_COUNT = 50_000
 SMALL_NOTE = (
     "FID is biased upward below 50,000 samples: compare only values computed with the same number of samples (and the same reference)."
@@ -116,12 +123,28 @@ def dataset_names() -> list[str]:
     return sorted(p.stem for p in DATASET_CONFIGS.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def load_dataset_split(reference: str, data_root: str | None) -> RGBImages:
-    """`<dataset>-<split>` through our data set config and `build_datamodule(...).split(split)` (no flips)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+def split_images(dataset_cfg, split: str) -> tuple[RGBImages, str]:
+    """A split of a data set config (main/configs/dataset/ keys; no flips), and the name its cached features go under.
 
+    The name holds a digest of the whole config (root made absolute), so features of another root, size or split rule never mix.
+    """
     from main.datasets import build_datamodule
+    from main.datasets.common import SPLITS
+    from main.datasets.config import DatasetConfig
+
+    config = dataclasses.replace(DatasetConfig.parse(dataset_cfg), flip=False)
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}' of data set '{config.name}': use one of {', '.join(SPLITS)}")
+    data = build_datamodule(config, batch_size=1).split(split)
+    if len(data) == 0:
+        raise UserError(f"split '{split}' of data set '{config.name}' is empty: check dataset.root")
+    key = dataclasses.asdict(config) | {"root": str(Path(config.root).expanduser().absolute()) if config.root else None}
+    name = f"{config.name}-{split}"
+    return RGBImages(data, config.channels, f"{len(data)} images of {name}"), f"{name}-{_digest(json.dumps(key, sort_keys=True))}"
+
+
+def load_dataset_split(reference: str, data_root: str | None) -> tuple[RGBImages, str]:
+    """`<dataset>-<split>` read with main/configs/dataset/<dataset>.yaml (flat files, so no Hydra: callable inside a Hydra app)."""
     from main.datasets.common import SPLITS
 
     name, _, split = reference.rpartition("-")
@@ -130,28 +153,28 @@ def load_dataset_split(reference: str, data_root: str | None) -> RGBImages:
             f"unknown reference '{reference}': pass an image folder, an .npz with 'images', or <dataset>-<split> "
             f"with dataset one of {', '.join(dataset_names())} and split one of {', '.join(SPLITS)}"
         )
-    with initialize_config_dir(config_dir=str(DATASET_CONFIGS.parent), version_base="1.3"):
-        cfg = compose(overrides=[f"+dataset={name}"]).dataset
-    OmegaConf.set_struct(cfg, False)
-    cfg.flip = False
+    cfg = OmegaConf.load(DATASET_CONFIGS / f"{name}.yaml")
     if data_root is not None:
         cfg.root = data_root
     try:
-        data = build_datamodule(cfg, batch_size=1).split(split)
+        return split_images(cfg, split)
     except UserError as err:
         raise UserError(f"{err} (for fid.py: --data-root <path>)") from None
-    if len(data) == 0:
-        raise UserError(f"reference '{reference}' is empty: check --data-root")
-    return RGBImages(data, int(cfg.channels), f"{len(data)} images of {reference}")
 
 
-def load_reference(reference: str, data_root: str | None) -> tuple[RGBImages, str]:
-    """The reference images and the name their cached features are stored under."""
+def load_reference(reference: str, data_root: str | None = None, dataset_cfg=None) -> tuple[RGBImages, str]:
+    """The reference images and the name their cached features are stored under.
+
+    `dataset_cfg` (a run's data set config) serves `<its name>-<split>` with its own root and settings.
+    """
     path = Path(reference).expanduser()
     if path.exists() or path.suffix == ".npz" or os.sep in reference:
         images = load_path(path, "reference")
         return images, _path_cache_name(path, images)
-    return load_dataset_split(reference, data_root), f"{reference}" + (f"-{_digest(str(Path(data_root).resolve()))}" if data_root else "")
+    name, _, split = reference.rpartition("-")
+    if dataset_cfg is not None and name == dataset_cfg["name"]:
+        return split_images(dataset_cfg, split)
+    return load_dataset_split(reference, data_root)
 
 
 def _digest(text: str) -> str:
@@ -218,64 +241,104 @@ def weights_tag(path: Path) -> str:
 # ---------------------------------------------------------------- metrics
 
 
-def parse_metrics(text: str) -> list[str]:
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+def parse_metrics(value: str | list[str], setting: str = "--metrics") -> list[str]:
+    """'fid,kid' or ['fid', 'kid'] -> checked torch-fidelity metric names ('is' is accepted for 'isc')."""
+    names = [m.strip().lower() for m in (value.split(",") if isinstance(value, str) else value) if m.strip()]
     names = ["isc" if m == "is" else m for m in names]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none)'} in --metrics: choose from {','.join(METRICS)}")
+        raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none)'} in {setting}: choose from {','.join(METRICS)}")
     return names
 
 
-def compute(args: argparse.Namespace) -> dict:
-    """Resolve the inputs and weights, run torch-fidelity, write the JSON; returns what was written."""
-    import torch_fidelity
-
-    start = time.perf_counter()
-    metrics_wanted = parse_metrics(args.metrics)
-    samples_path = Path(args.samples).expanduser()
-    samples = load_path(samples_path, "samples")
-    reference, ref_name = load_reference(args.reference, args.data_root)
+def check_pair(samples: RGBImages, reference: RGBImages) -> None:
+    """Both grayscale or both RGB (made 3-channel alike), and at least 2 images each (FID's covariances)."""
     if samples.channels != reference.channels:
         kind = {1: "grayscale", 3: "RGB"}
         raise UserError(
             f"samples are {kind.get(samples.channels, samples.channels)} ({samples.describe}) but the reference is "
             f"{kind.get(reference.channels, reference.channels)} ({reference.describe}): compare images of the same data set"
         )
-    n_samples, n_reference = len(samples), len(reference)
-    if n_samples < 2 or n_reference < 2:
-        raise UserError(f"got {n_samples} sample(s) and {n_reference} reference image(s): FID needs at least 2 of each")
+    if len(samples) < 2 or len(reference) < 2:
+        raise UserError(f"got {len(samples)} sample(s) and {len(reference)} reference image(s): FID needs at least 2 of each")
+
+
+class Scorer:
+    """torch-fidelity's metrics of image sets against one reference: weights checked once, reference features cached on disk.
+
+    What fid.py, the training-time callback and test_ddpm.py's speed_quality task share, so their numbers agree.
+    """
+
+    def __init__(
+        self,
+        reference: RGBImages,
+        reference_name: str,
+        metrics: list[str],
+        weights: str | None = None,
+        cache: str | Path = DEFAULT_CACHE,
+        batch_size: int = 64,
+        kid_subset_size: int = 1000,
+        kid_subsets: int = 100,
+        verbose: bool = False,
+    ):
+        self.reference, self.metrics, self.cache = reference, metrics, Path(cache).expanduser()
+        self.weights = resolve_weights(weights)
+        self.cache_name = f"{reference_name}-w{weights_tag(self.weights)}"
+        self.batch_size, self.kid_subset_size, self.kid_subsets, self.verbose = batch_size, kid_subset_size, kid_subsets, verbose
+
+    def __call__(self, samples: RGBImages | torch.Tensor, cuda: bool = False) -> dict:
+        """Metrics under our names (fid, kid_mean, kid_std, ...; kid_subset_size with kid). samples: or uint8 [N, C, H, W]."""
+        import torch_fidelity
+
+        if isinstance(samples, torch.Tensor):
+            samples = RGBImages(samples.cpu(), samples.shape[1], f"{len(samples)} generated images")
+        check_pair(samples, self.reference)
+        kid_subset_size = min(self.kid_subset_size, len(samples), len(self.reference))
+        # torch-fidelity builds Inception with random init before loading the weights: keep the caller's random stream
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
+            raw = torch_fidelity.calculate_metrics(
+                input1=samples,
+                input2=self.reference,
+                cuda=cuda,
+                batch_size=self.batch_size,
+                feature_extractor=FEATURE_EXTRACTOR,  # also for prc (torch-fidelity's default there is VGG16, a second download)
+                feature_extractor_weights_path=str(self.weights),
+                cache_root=str(self.cache),
+                input2_cache_name=self.cache_name,
+                kid_subset_size=kid_subset_size,
+                kid_subsets=self.kid_subsets,
+                isc_splits=min(10, len(samples)),
+                save_cpu_ram=not cuda,  # no DataLoader workers competing with the CPU threads
+                verbose=self.verbose,
+                **{m: True for m in self.metrics},
+            )
+        metrics: dict = {KEYS.get(k, k): float(v) for k, v in raw.items()}
+        if "kid" in self.metrics:
+            metrics["kid_subset_size"] = kid_subset_size
+        return metrics
+
+
+def compute(args: argparse.Namespace) -> dict:
+    """Resolve the inputs and weights, run torch-fidelity, write the JSON; returns what was written."""
+    start = time.perf_counter()
+    metrics_wanted = parse_metrics(args.metrics)
+    samples_path = Path(args.samples).expanduser()
+    samples = load_path(samples_path, "samples")
+    reference, ref_name = load_reference(args.reference, args.data_root)
+    check_pair(samples, reference)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available: use --device cpu")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    weights = resolve_weights(args.weights)
-    cache_name = f"{ref_name}-w{weights_tag(weights)}"
-    kid_subset_size = min(args.kid_subset_size, n_samples, n_reference)
+    scorer = Scorer(
+        reference, ref_name, metrics_wanted, args.weights, args.cache, args.batch_size, args.kid_subset_size, args.kid_subsets, args.verbose
+    )
     setup_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    raw = torch_fidelity.calculate_metrics(
-        input1=samples,
-        input2=reference,
-        cuda=cuda,
-        batch_size=args.batch_size,
-        feature_extractor=FEATURE_EXTRACTOR,  # also for prc (torch-fidelity's default there is VGG16, a second download)
-        feature_extractor_weights_path=str(weights),
-        cache_root=str(Path(args.cache).expanduser()),
-        input2_cache_name=cache_name,
-        kid_subset_size=kid_subset_size,
-        kid_subsets=args.kid_subsets,
-        isc_splits=min(10, n_samples),
-        save_cpu_ram=not cuda,  # no DataLoader workers competing with the CPU threads
-        verbose=args.verbose,
-        **{m: True for m in metrics_wanted},
-    )
+    metrics = scorer(samples, cuda)
     seconds = time.perf_counter() - start
-
-    metrics: dict = {KEYS.get(k, k): float(v) for k, v in raw.items()}
-    metrics.update(n_samples=n_samples, n_reference=n_reference, reference=args.reference, feature_extractor=FEATURE_EXTRACTOR)
-    if "kid" in metrics_wanted:
-        metrics["kid_subset_size"] = kid_subset_size
+    n_samples = len(samples)
+    metrics.update(n_samples=n_samples, n_reference=len(reference), reference=args.reference, feature_extractor=FEATURE_EXTRACTOR)
     notes = []
     if n_samples < FULL_COUNT:
         notes.append(SMALL_NOTE)
@@ -288,12 +351,12 @@ def compute(args: argparse.Namespace) -> dict:
 
     json_path = Path(args.json).expanduser() if args.json else samples_path.parent / "fid.json"
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["weights_used"], config["cache_name"] = str(weights), cache_name
+    config["weights_used"], config["cache_name"] = str(scorer.weights), scorer.cache_name
     results = write_results(json_path, task="fid", config=config, checkpoint=None, metrics=metrics, timings=timings)
     for key, value in metrics.items():
         if isinstance(value, float):
             print(f"{key}: {value:.6g}")
-    print(f"n_samples: {n_samples}  n_reference: {n_reference}")
+    print(f"n_samples: {n_samples}  n_reference: {len(reference)}")
     if "note" in metrics:
         print(f"note: {metrics['note']}")
     print(f"wrote {json_path}")
@@ -309,7 +372,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="output JSON (default: fid.json next to the samples)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--cache", default=str(ROOT / "outputs" / "fid_cache"), help="folder of cached reference features")
+    parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of cached reference features")
     parser.add_argument("--data-root", default=None, help="dataset.root for a <dataset>-<split> reference")
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (capped at the image counts)")
     parser.add_argument("--kid-subsets", type=int, default=100)

@@ -4,9 +4,11 @@
     python main/test_ddpm.py checkpoint=... devices=4                    # samples split across 4 GPUs
     python main/test_ddpm.py checkpoint=... tasks=[reconstructions]      # x -> stage one -> refined, with MSE/PSNR
     python main/test_ddpm.py checkpoint=... tasks=[interpolation]
+    python main/test_ddpm.py checkpoint=... tasks=[speed_quality] speed_quality.n=1000 speed_quality.weights=<inception .pth>
 
 Tasks write to out_dir: samples/ (refined, one PNG per image: what FID tools read), samples_stage_one/,
-a grid of stage-one images above their refinements, .npz files, and results.json.
+a grid of stage-one images above their refinements, .npz files, and results.json; speed_quality also
+speed_quality/<sampler>_<steps>/ and plots/speed_quality.png.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from main.datasets import build_datamodule
 from main.evaluation import Shard, batch_generator, generate_to
+from main.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
+from main.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two, to_uint8
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
 from main.utils.results import write_results
 
-TASKS = ("samples", "class_samples", "reconstructions", "interpolation")
+TASKS = ("samples", "class_samples", "reconstructions", "interpolation", "speed_quality")
+PLOTTED = {"fid": "fid", "kid": "kid_mean", "isc": "is_mean", "prc": "precision"}  # the value speed_quality.png shows per metric
 
 
 class StageTimer:
@@ -52,9 +57,11 @@ class StageTimer:
         return {f"{prefix}_{name}_images_per_s": self.images[name] / s for name, s in self.seconds.items() if s > 0}
 
 
-def two_stage_task(system, cfg, out_dir: Path, name: str, n: int, labels, temperature, save_stage_one: bool, shard: Shard) -> dict:
+def two_stage_task(
+    system, cfg, out_dir: Path, name: str, n: int, labels, temperature, save_stage_one: bool, shard: Shard, sampler: dict
+) -> dict:
     """Draw n two-stage samples (optionally per label) into out_dir/<name>/ and <name>_stage_one/; returns timings."""
-    sampler, timed, device = plain(cfg.sampler), StageTimer(), system.device
+    timed, device = StageTimer(), system.device
     with_stage_one = save_stage_one and system.stage_one is not None
     folders = {name: out_dir / name} | ({"stage_one": out_dir / f"{name}_stage_one"} if with_stage_one else {})
 
@@ -84,6 +91,39 @@ def two_stage_task(system, cfg, out_dir: Path, name: str, n: int, labels, temper
         else:
             save_grid(images[name][:64], out_dir / f"{name}_grid.png")
     return timings
+
+
+def speed_quality(system: StageTwoSystem, cfg, out_dir: Path, shard: Shard) -> list[dict] | None:
+    """Two-stage samples for every (sampler, steps) from the same seeds, timed and scored against a reference.
+
+    Every rank generates its share; rank 0 scores each point (main/fid.py's Scorer), draws plots/speed_quality.png and
+    returns [{sampler, steps, images_per_s, refiner_images_per_s, fid, kid_mean, ...}] (None on other ranks).
+    """
+    c = cfg.speed_quality
+    unknown = [name for name in c.samplers if name not in c.configs]
+    if unknown or not c.samplers or not c.steps:
+        raise UserError(
+            f"speed_quality.samplers={list(c.samplers)}, steps={list(c.steps)}: list samplers among {list(c.configs)} and step counts"
+        )
+    data_cfg = OmegaConf.merge(system.hparams.data, cfg.dataset)
+    reference, reference_name = load_reference(c.reference or f"{data_cfg.name}-test", dataset_cfg=data_cfg)
+    metric_names = parse_metrics(plain(c.metrics), "speed_quality.metrics")
+    scorer = Scorer(reference, reference_name, metric_names, c.weights, c.cache or DEFAULT_CACHE)  # every rank: same errors before sampling
+    folder, temperature, points = out_dir / "speed_quality", plain(c.stage_one_temperature), []
+    for name in c.samplers:
+        for steps in c.steps:
+            sampler = plain(c.configs[name]) | {"steps": steps}
+            key = f"{name}_{steps}"
+            timings = two_stage_task(system, cfg, folder, key, c.n, None, temperature, False, shard, sampler)
+            rates = {"images_per_s": timings[f"{key}_images_per_s"], "refiner_images_per_s": timings[f"{key}_refiner_images_per_s"]}
+            points.append({"sampler": name, "steps": steps} | rates)
+    if shard.rank != 0:
+        return None
+    cuda = system.device.type == "cuda"
+    for point in points:
+        point |= scorer(load_path(folder / f"{point['sampler']}_{point['steps']}.npz", "samples"), cuda)
+    plot_speed_quality(points, out_dir / "plots" / "speed_quality.png", PLOTTED[metric_names[0]])
+    return points
 
 
 def reconstructions(system: StageTwoSystem, cfg, out_dir: Path) -> dict:
@@ -190,11 +230,15 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
 
     if "samples" in cfg.tasks:
         s = cfg.samples
-        timings |= two_stage_task(system, cfg, out_dir, "samples", s.n, None, plain(s.stage_one_temperature), s.save_stage_one, shard)
+        temperature = plain(s.stage_one_temperature)
+        timings |= two_stage_task(system, cfg, out_dir, "samples", s.n, None, temperature, s.save_stage_one, shard, plain(cfg.sampler))
     if "class_samples" in cfg.tasks:
         c = cfg.class_samples
         labels = torch.arange(classes, device=system.device).repeat_interleave(c.n_per_class)
-        timings |= two_stage_task(system, cfg, out_dir, "class_samples", len(labels), labels, plain(c.stage_one_temperature), True, shard)
+        temperature = plain(c.stage_one_temperature)
+        timings |= two_stage_task(system, cfg, out_dir, "class_samples", len(labels), labels, temperature, True, shard, plain(cfg.sampler))
+    if "speed_quality" in cfg.tasks:
+        metrics["speed_quality"] = speed_quality(system, cfg, out_dir, shard)  # None on ranks other than 0, which stop here
     if shard.rank != 0:
         return None
     if "reconstructions" in cfg.tasks:

@@ -1,4 +1,4 @@
-"""The training loop both stages share: one Lightning Trainer with checkpoints, sample grids and timing.
+"""The training loop both stages share: one Lightning Trainer with checkpoints, sample grids, timing, curves and optional FID.
 
 A run directory holds one run: starting a new run over checkpoints is refused unless resuming.
 """
@@ -12,9 +12,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from main.callbacks.curves import TrainingCurves
+from main.callbacks.fid_metrics import FIDMetrics
 from main.callbacks.sample_grid import SampleGrid
 from main.callbacks.train_timer import TrainTimer
 from main.datasets import build_datamodule
@@ -42,16 +45,26 @@ def resume_checkpoint(resume: bool | str, checkpoint_dir: Path) -> str | None:
 
 
 def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
-    """Trainer from cfg.trainer, keeping the best checkpoint by ``monitor`` and the last; sample_kwargs go to the grid."""
+    """Trainer from cfg.trainer, keeping the best checkpoint by ``monitor`` and the last; sample_kwargs go to the grid and FID.
+
+    cfg.fid (off by default) adds FID/KID of EMA samples; cfg.plots.training_curves plots the CSV log at the end, so a CSV
+    log is kept beside TensorBoard or wandb.
+    """
     run_dir = Path(cfg.run_dir)
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="min", save_top_k=1, save_last=True),
         SampleGrid(run_dir / "samples", cfg.samples.every_n_steps, cfg.samples.n, cfg.seed, **sample_kwargs),
         TrainTimer(),
     ]
-    return pl.Trainer(
-        **plain(cfg.trainer), callbacks=callbacks, logger=instantiate(cfg.logger), default_root_dir=run_dir, plugins=[AtomicCheckpointIO()]
-    )
+    fid = plain(cfg.fid)
+    if fid["every_n_steps"] or fid["every_n_epochs"]:
+        callbacks.append(FIDMetrics(plain(cfg.dataset), seed=cfg.seed, **fid, **sample_kwargs))
+    loggers = [instantiate(cfg.logger)]
+    if cfg.plots.training_curves:
+        callbacks.append(TrainingCurves(run_dir / "plots" / "training_curves.png"))
+        if not isinstance(loggers[0], CSVLogger):
+            loggers.append(CSVLogger(run_dir, name="csv_logs"))
+    return pl.Trainer(**plain(cfg.trainer), callbacks=callbacks, logger=loggers, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
 
 
 def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_size: int) -> Path:

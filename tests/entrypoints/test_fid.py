@@ -3,34 +3,44 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as fe
+from helpers import ROOT
+from omegaconf import OmegaConf
 from PIL import Image
 
 from main.fid import WEIGHTS_URL, load_reference, main
+from main.utils.errors import UserError
 
 N = 16  # Inception at 299x299 costs ~0.25 s per image on one CPU thread
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A state_dict in the format torch-fidelity's loader expects, of its own network with random (He) weights."""
+def random_inception_weights(path: Path) -> Path:
+    """A state_dict in the format torch-fidelity's loader expects, of its own network with random (He) weights.
+
+    Other test files import this (offline FID everywhere); moving it to tests/helpers.py would be its natural home.
+    """
     with (
         mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None),
         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None),
     ):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     for module in net.modules():
         if isinstance(module, torch.nn.Conv2d):  # the default init shrinks activations to ~1e-8 over the depth
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("weights") / "inception-random.pth"
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return random_inception_weights(tmp_path_factory.mktemp("weights") / "inception-random.pth")
 
 
 def write_pngs(folder, brighten: int = 0, seed: int = 0):
@@ -109,7 +119,24 @@ def test_other_errors_are_one_line(folders, tmp_path, capsys):
 
 def test_dataset_split_reference_resolves_through_our_config():
     images, cache_name = load_reference("digits-test", None)
-    assert len(images) == 180 and images.channels == 1 and cache_name == "digits-test"
+    assert len(images) == 180 and images.channels == 1 and cache_name.startswith("digits-test-")
     first = images[0]
     assert first.dtype == torch.uint8 and tuple(first.shape) == (3, 8, 8)
     assert torch.equal(first[0], first[2])
+
+
+def test_a_runs_own_data_set_serves_its_splits_with_its_settings(tmp_path):
+    """`<name>-<split>` of a run's data set reads its root and settings; the cache name follows the whole config."""
+    write_pngs(tmp_path / "data" / "test")
+    write_pngs(tmp_path / "data" / "train", seed=1)
+    cfg = OmegaConf.load(ROOT / "main" / "configs" / "dataset" / "folder.yaml")
+    cfg.root = str(tmp_path / "data")
+    images, name = load_reference("folder-test", dataset_cfg=cfg)
+    assert len(images) == N and images.channels == 3 and tuple(images[0].shape) == (3, 32, 32) and name.startswith("folder-test-")
+    cfg.image_size = 16
+    resized, other_name = load_reference("folder-test", dataset_cfg=cfg)
+    assert tuple(resized[0].shape) == (3, 16, 16) and other_name != name
+    with pytest.raises(UserError, match="dataset.root is not set"):
+        load_reference("folder-test")  # folder.yaml's own root is null: only the run's config knows it
+    with pytest.raises(UserError, match="unknown split 'holdout'"):
+        load_reference("folder-holdout", dataset_cfg=cfg)

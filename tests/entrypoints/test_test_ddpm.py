@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import ROOT, compose_config, tiny_refiner_config, tiny_train_config
+from omegaconf import OmegaConf
 from PIL import Image
+from test_fid import random_inception_weights
 
+from main.datasets import build_datamodule
 from main.evaluation import Shard
 from main.test_ddpm import evaluate, slerp
 from main.train_ae import train as train_stage_one
@@ -77,6 +80,29 @@ def test_every_task_writes_images_grids_npz_and_results(refiner, tmp_path):
     for grid in ["samples_grid.png", "class_samples_grid.png", "reconstructions_grid.png"]:
         assert (out / grid).stat().st_size > 0
     assert not list(tmp_path.glob("**/.*.partial"))
+
+
+def test_speed_quality_scores_every_sampler_and_step_count(refiner, tmp_path):
+    """Offline (Inception with random weights), 2 samples per point against 4 test images (Inception costs ~0.3 s per image)."""
+    weights = random_inception_weights(tmp_path / "inception-random.pth")
+    reference = tmp_path / "reference.npz"
+    test = build_datamodule(OmegaConf.load(ROOT / "main" / "configs" / "dataset" / "digits.yaml"), batch_size=1).split("test")
+    np.savez(reference, images=np.stack([test[i][0].permute(1, 2, 0).numpy() for i in range(4)]))
+    out = tmp_path / "eval"
+    sq = ["speed_quality.steps=[2,4]", "speed_quality.n=2", f"speed_quality.reference={reference}"]
+    offline = [f"speed_quality.weights={weights}", f"speed_quality.cache={tmp_path / 'cache'}"]
+    results = evaluate(eval_config(refiner, out, "tasks=[samples,speed_quality]", "samples.n=2", *sq, *offline))
+    points = json.loads((out / "results.json").read_text())["metrics"]["speed_quality"]
+    assert points == results["metrics"]["speed_quality"]
+    assert [(p["sampler"], p["steps"]) for p in points] == [(s, k) for s in ("ddpm", "ddim", "dpm_solver") for k in (2, 4)]
+    for p in points:
+        assert all(np.isfinite(p[key]) for key in ("images_per_s", "refiner_images_per_s", "fid", "kid_mean"))
+        assert p["images_per_s"] > 0 and p["fid"] >= 0 and p["kid_subset_size"] == 2
+    assert len({p["fid"] for p in points if p["steps"] == 4}) == 3  # each sampler's own images were scored
+    with Image.open(out / "plots" / "speed_quality.png") as plot:
+        assert plot.format == "PNG" and plot.size == (800, 500)
+    # DDIM at 4 steps (this config's sampler) from the same seeds as the samples task: the same images
+    assert np.array_equal(np.load(out / "speed_quality" / "ddim_4.npz")["images"], np.load(out / "samples.npz")["images"])
 
 
 def test_reconstruction_scores_match_the_written_images(refiner, tmp_path):
@@ -158,6 +184,7 @@ def test_truncated_form2_style_start_and_guidance_run(refiner, tmp_path):
         (["tasks=[interpolation]", "interpolation.groups=99"], r"interpolation.groups=99: use 1\.\.\d+"),
         (["sampler.steps=0"], r"number of sampling steps must be an integer in \[1, 100\]"),
         (["sampler.name=euler"], "unknown diffusion sampler 'euler'"),
+        (["tasks=[speed_quality]", "speed_quality.samplers=[euler]"], r"list samplers among \['ddpm', 'ddim', 'dpm_solver'\]"),
     ],
 )
 def test_bad_settings_are_clear_errors(refiner, tmp_path, overrides, message):
