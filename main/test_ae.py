@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from main.datasets import build_datamodule
 from main.evaluation import batch_generator, generate_to, pick_device
 from main.models.vdvae import HierarchicalVAE
+from main.plots import plot_kl_per_group
 from main.systems.stage_one import load_stage_one
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error
@@ -113,6 +114,8 @@ def evaluate(cfg: DictConfig) -> dict:
         m, t = test_iw_bpd(vae, data_cfg, cfg, device)
         metrics.update(m)
         timings.update(t)
+        resolutions = [shape[-1] for shape in vae.latent_shapes(1)]
+        plot_kl_per_group(m["kl_per_group_bpd"], resolutions, out_dir / "plots" / "kl_per_group.png")
 
     def seeded(start: int) -> torch.Generator:
         return batch_generator(cfg.seed, start, device)

@@ -73,6 +73,7 @@ def test_iw_bpd_reports_both_bounds_on_the_same_images_with_standard_errors(chec
     assert abs(metrics["test_elbo_bpd"] - metrics["test_bpd"]) < 6 * metrics["test_elbo_bpd_se"] + 0.05
     kl = metrics["kl_per_group_bpd"]
     assert len(kl) == load_stage_one(checkpoint)[0].vae.num_groups and min(kl) >= 0
+    assert Image.open(out / "plots" / "kl_per_group.png").size[0] > 100
 
 
 def test_existing_results_are_not_overwritten_unless_asked(checkpoint, tmp_path):
