@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torchvision.io import decode_png, read_file
 
 from main.utils.image_io import check_writable, finish_staging, save_pngs, start_staging
 
 OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(Path(ckpt).parent.parent), replace=True)
+
+
+def dataset_config(trained, overrides) -> DictConfig:
+    """The checkpoint's data set config with the command line's ``dataset.*`` overrides; null ones keep the checkpoint's."""
+    given = {key: value for key, value in OmegaConf.to_container(overrides, resolve=True).items() if value is not None}
+    return OmegaConf.merge(trained, given)
 
 
 def pick_device(name: str) -> torch.device:

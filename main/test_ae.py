@@ -19,11 +19,11 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule
-from main.evaluation import batch_generator, generate_to, pick_device
+from main.evaluation import batch_generator, dataset_config, generate_to, pick_device
 from main.models.vdvae import HierarchicalVAE
 from main.plots import plot_kl_per_group
 from main.systems.stage_one import load_stage_one
@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     if (out_dir / "results.json").exists():
         check_writable(out_dir, cfg.overwrite)
-    data_cfg = OmegaConf.merge(checkpoint["hyper_parameters"]["data"], cfg.dataset)
+    data_cfg = dataset_config(checkpoint["hyper_parameters"]["data"], cfg.dataset)
     device = pick_device(cfg.device)
     vae: HierarchicalVAE = system.ema_vae.to(device).eval()
     metrics: dict = {}

@@ -23,10 +23,10 @@ from pathlib import Path
 import hydra
 import torch
 from lightning.fabric import Fabric
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from main.datasets import build_datamodule
-from main.evaluation import Shard, batch_generator, generate_to
+from main.evaluation import Shard, batch_generator, dataset_config, generate_to
 from main.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
 from main.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two, to_uint8
@@ -105,7 +105,7 @@ def speed_quality(system: StageTwoSystem, cfg, out_dir: Path, shard: Shard) -> l
         raise UserError(
             f"speed_quality.samplers={list(c.samplers)}, steps={list(c.steps)}: list samplers among {list(c.configs)} and step counts"
         )
-    data_cfg = OmegaConf.merge(system.hparams.data, cfg.dataset)
+    data_cfg = dataset_config(system.hparams.data, cfg.dataset)
     reference, reference_name = load_reference(c.reference or f"{data_cfg.name}-test", dataset_cfg=data_cfg)
     metric_names = parse_metrics(plain(c.metrics), "speed_quality.metrics")
     scorer = Scorer(reference, reference_name, metric_names, c.weights, c.cache or DEFAULT_CACHE)  # every rank: same errors before sampling
@@ -129,7 +129,7 @@ def speed_quality(system: StageTwoSystem, cfg, out_dir: Path, shard: Shard) -> l
 def reconstructions(system: StageTwoSystem, cfg, out_dir: Path) -> dict:
     """Test images -> stage-one reconstructions (first k groups from the posterior) -> refined; MSE and PSNR of both."""
     r, device = cfg.reconstructions, system.device
-    data_cfg = OmegaConf.merge(system.hparams.data, cfg.dataset)
+    data_cfg = dataset_config(system.hparams.data, cfg.dataset)
     test = build_datamodule(data_cfg, batch_size=r.n).split("test")
     if r.n > len(test):
         raise UserError(f"reconstructions.n={r.n} but the test split has {len(test)} images")

@@ -138,3 +138,13 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="does not exist: pass the path of a .ckpt file"):
         evaluate(eval_config(tmp_path / "nope.ckpt", tmp_path / "out"))
+
+
+def test_dataset_overrides_replace_only_what_the_command_line_sets(checkpoint, tmp_path):
+    """`dataset.root=...` composes without Hydra's `+` and overrides the checkpoint's root; unset keys keep its values."""
+    from main.evaluation import dataset_config
+
+    trained = {"name": "cifar10", "root": "/trained/here", "download": False}
+    moved = dataset_config(trained, eval_config(checkpoint, tmp_path, "dataset.root=/moved/there").dataset)
+    assert moved.root == "/moved/there" and moved.download is False
+    assert dataset_config(trained, eval_config(checkpoint, tmp_path).dataset).root == "/trained/here"
