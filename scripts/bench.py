@@ -1,4 +1,4 @@
-"""Speed benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2 [--quick]`.
+"""Speed benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent [--quick]`.
 
 Each preset is measured in its own process (so peak memory is its own), with the load average
 before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
@@ -14,6 +14,11 @@ training step (GaussianDiffusion.training_loss forward, backward, gradient clipp
 Adam at lr 2e-4) and the median time of one sampling step (one denoiser evaluation plus the update,
 no grad, eval mode) for the ddpm and ddim samplers on a respaced chain; and end to end, two-stage
 images/s (stage-one VAE samples of the cifar10_cpu preset refined with DDIM) at 10, 25, 50 and 1000 steps.
+
+latent (stage one in latent space against pixel space, at the same output resolution, random weights):
+sampling images/s of the pixel-space VAE and of the latent-space VAE plus the autoencoder's decoder,
+interleaved; at 32 px the CPU presets (cifar10_cpu against cifar10_latent_cpu with our KL-f4 autoencoder),
+at 256 px the FFHQ-256 presets (ffhq256 against ffhq256_latent with Stable Diffusion's KL-f8 architecture).
 """
 
 from __future__ import annotations
@@ -41,11 +46,11 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def compose_preset(preset: str):
+def compose_preset(preset: str, dataset: str = "cifar10"):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "main" / "configs"), version_base="1.3"):
-        return compose("train_ae", overrides=["dataset=cifar10", f"vae={preset}", "run_dir=/tmp/unused", "name=bench"])
+        return compose("train_ae", overrides=[f"dataset={dataset}", f"vae={preset}", "run_dir=/tmp/unused", "name=bench"])
 
 
 def compose_ddpm(preset: str):
@@ -262,7 +267,66 @@ def measure_stage2(name: str, quick: bool) -> dict:
     }
 
 
-SUITES = {"stage1": (list(PRESETS), measure_stage1), "stage2": (UNET_PRESETS, measure_stage2)}
+# latent: name -> (data set, pixel-space preset, latent-space preset)
+LATENT_PAIRS = {"32px": ("cifar10", "cifar10_cpu", "cifar10_latent_cpu"), "256px": ("ffhq256", "ffhq256", "ffhq256_latent")}
+# Stable Diffusion's KL-f8 autoencoder (83.7M parameters), as a diffusers AutoencoderKL config.
+SD_KL_F8 = dict(
+    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256,
+)  # fmt: skip
+
+
+def measure_latent(name: str, quick: bool) -> dict:
+    import torch
+
+    from main.models.autoencoder import DiffusersAutoencoder, KLAutoencoder
+    from main.models.latent_space import LatentSpaceModel
+    from main.models.vdvae import HierarchicalVAE
+    from main.utils.config import plain
+
+    dataset, pixel_preset, latent_preset = LATENT_PAIRS[name]
+    torch.manual_seed(0)
+    pixel_cfg = compose_preset(pixel_preset, dataset)
+    size = pixel_cfg.dataset.image_size
+    pixel = HierarchicalVAE(**plain(pixel_cfg.vae.model)).eval()
+    autoencoder = KLAutoencoder(image_channels=3, channel_mults=[1, 2, 2]) if name == "32px" else DiffusersAutoencoder(SD_KL_F8)
+    latent_model = {
+        **plain(compose_preset(latent_preset, dataset).vae.model),
+        "image_size": size // autoencoder.downsample_factor,
+        "channels": autoencoder.latent_channels,
+        "likelihood": "gaussian",
+    }
+    latent = LatentSpaceModel(HierarchicalVAE(**latent_model).eval(), autoencoder.eval(), size)
+    batch, rounds = (16, 3 if quick else 7) if name == "32px" else (1, 2)
+    times: dict[str, list[float]] = {"pixel": [], "latent": [], "latent_vae_only": []}
+    with torch.no_grad():
+        pixel.sample(batch), latent.sample(batch)  # warm-up
+        for _ in range(rounds):  # interleaved, so load changes hit both alike
+            times["pixel"] += timed(lambda: pixel.sample(batch), 1, warmup=0)
+            times["latent"] += timed(lambda: latent.sample(batch), 1, warmup=0)
+            times["latent_vae_only"] += timed(lambda: latent.vae.sample(batch), 1, warmup=0)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "resolution": size,
+        "batch": batch,
+        "pixel_preset": pixel_preset,
+        "latent_preset": latent_preset,
+        "pixel_params": sum(p.numel() for p in pixel.parameters()),
+        "latent_vae_params": sum(p.numel() for p in latent.vae.parameters()),
+        "autoencoder_params": sum(p.numel() for p in autoencoder.parameters()),
+        "pixel_images_per_s": batch / median["pixel"],
+        "latent_images_per_s": batch / median["latent"],
+        "latent_speedup": median["pixel"] / median["latent"],
+        "latent_decode_share": 1 - median["latent_vae_only"] / median["latent"],
+        "seconds_all": times,
+    }
+
+
+SUITES = {
+    "stage1": (list(PRESETS), measure_stage1),
+    "stage2": (UNET_PRESETS, measure_stage2),
+    "latent": (list(LATENT_PAIRS), measure_latent),
+}
 
 
 def measure_in_this_process(suite: str, name: str, quick: bool) -> dict:
@@ -299,7 +363,7 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "results": {},
     }
-    for name in ["small"] if args.quick else presets:
+    for name in presets[:1] if args.quick else presets:  # the first preset of each suite is the small one
         cmd = [sys.executable, __file__, args.suite, "--preset", name] + (["--quick"] if args.quick else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         report["results"][name] = json.loads(out.strip().splitlines()[-1])
