@@ -1,161 +1,48 @@
-"""PNG charts drawn with Pillow (matplotlib is not a dependency): training curves, KL per latent group, speed against quality.
+"""PNG charts with matplotlib: training curves, KL per latent group, speed against quality.
 
-Each chart is drawn at twice its size and scaled down, which smooths lines and text without an anti-aliasing backend.
+Figures use the object-oriented API on an Agg canvas: no display is needed, and no pyplot registry keeps figures alive,
+so each one is freed when its function returns.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
 
 from main.utils.errors import UserError
 
-SCALE = 2  # drawn at SCALE x the output size, then downsampled
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-GRID, AXIS, TEXT, FAINT = "#e6e6e6", "#444444", "#222222", "#b8cfe6"
-PANEL = (560, 340)  # one panel of the training curves
+DPI = 100
+PANEL = (5.5, 3.5)  # inches per panel of the training curves; halves of an inch are exact floats, so whole pixels at DPI
+TITLE_HEIGHT = 0.5  # inches above the training curves' panels, for the figure title
+KL_SIZE = (9.0, 4.5)
+SPEED_QUALITY_SIZE = (8.0, 5.0)
+PALETTE = [to_hex(color) for color in colormaps["tab10"].colors]
+INACTIVE, REFERENCE = "#f2f2f2", "#444444"  # fill of inactive KL bars; threshold line
 TRAIN_KEY = "train/loss"
 VALIDATION_KEYS = ("val/loss", "val/bpd", "fid")  # each logged one gets a panel, in this order
 
 
-@functools.cache
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size * SCALE)
+def _figure(size: tuple[float, float], layout: str | None = "constrained") -> Figure:
+    figure = Figure(figsize=size, dpi=DPI, layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values (1, 2, 2.5 or 5 times a power of ten) spanning [lo, hi]."""
-    if not hi > lo:
-        pad = abs(lo) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-    raw = (hi - lo) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
-    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
-    return [round(i * step, 12) for i in range(first, last + 1)]
-
-
-def log_ticks(lo: float, hi: float) -> list[float]:
-    """1, 2, 5 times powers of ten within [lo, hi] (lo > 0)."""
-    ticks = [m * 10**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
-    return [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
-
-
-def tick_label(value: float) -> str:
-    if abs(value) >= 10_000 and float(value).is_integer():
-        return f"{value / 1000:g}k"
-    return f"{value:.4g}"
-
-
-class Chart:
-    """A white canvas in output pixels; ``panel`` adds axes in a box of it; ``save`` scales down and writes a PNG."""
-
-    def __init__(self, width: int, height: int, title: str | None = None):
-        self.size = (width, height)
-        self.image = Image.new("RGB", (width * SCALE, height * SCALE), "white")
-        self.draw = ImageDraw.Draw(self.image)
-        if title:
-            self.draw.text((width * SCALE // 2, 8 * SCALE), title, fill=TEXT, font=_font(16), anchor="ma")
-
-    def panel(self, box: tuple[int, int, int, int], xlim, ylim, title="", xlabel="", ylabel="", log_x=False, xticks=None) -> Axes:
-        return Axes(self, box, xlim, ylim, title, xlabel, ylabel, log_x, xticks)
-
-    def save(self, out_png: Path) -> Path:
-        out_png = Path(out_png)
-        out_png.parent.mkdir(parents=True, exist_ok=True)
-        self.image.resize(self.size, Image.Resampling.LANCZOS).save(out_png)
-        return out_png
-
-
-class Axes:
-    """A plotting area: frame, grid, ticks, labels; maps data to pixels (x optionally logarithmic)."""
-
-    def __init__(self, chart: Chart, box, xlim, ylim, title, xlabel, ylabel, log_x=False, xticks=None):
-        self.chart, self.draw, self.log_x = chart, chart.draw, log_x
-        left, top, right, bottom = (v * SCALE for v in box)
-        self.frame = (left + 70 * SCALE, top + 30 * SCALE, right - 12 * SCALE, bottom - 46 * SCALE)
-        yticks = nice_ticks(*ylim)
-        self.ylim = (yticks[0], yticks[-1])
-        if xticks is None:
-            xticks = log_ticks(*xlim) if log_x else nice_ticks(*xlim)
-            xlim = xlim if log_x else (xticks[0], xticks[-1])
-        self.xlim = xlim
-        x0, y0, x1, y1 = self.frame
-        font = _font(11)
-        for t in yticks:
-            _, py = self.to_px(self.xlim[0], t)
-            self.draw.line([(x0, py), (x1, py)], fill=GRID, width=SCALE)
-            self.draw.text((x0 - 6 * SCALE, py), tick_label(t), fill=TEXT, font=font, anchor="rm")
-        for t in xticks:
-            px, _ = self.to_px(t, self.ylim[0])
-            self.draw.line([(px, y0), (px, y1)], fill=GRID, width=SCALE)
-            self.draw.line([(px, y1), (px, y1 + 4 * SCALE)], fill=AXIS, width=SCALE)
-            self.draw.text((px, y1 + 6 * SCALE), tick_label(t), fill=TEXT, font=font, anchor="ma")
-        self.draw.rectangle(self.frame, outline=AXIS, width=SCALE)
-        self.draw.text(((x0 + x1) // 2, top + 8 * SCALE), title, fill=TEXT, font=_font(13), anchor="ma")
-        self.draw.text(((x0 + x1) // 2, bottom - 6 * SCALE), xlabel, fill=TEXT, font=_font(12), anchor="md")
-        self._vertical_text(ylabel, left + 12 * SCALE, (y0 + y1) // 2)
-
-    def _vertical_text(self, text: str, x: int, y: int) -> None:
-        font = _font(12)
-        width, height = int(self.draw.textlength(text, font=font)) + 4, 16 * SCALE
-        label = Image.new("RGBA", (width, height), (255, 255, 255, 0))
-        ImageDraw.Draw(label).text((2, height // 2), text, fill=TEXT, font=font, anchor="lm")
-        label = label.rotate(90, expand=True)
-        self.chart.image.paste(label, (x - label.width // 2, y - label.height // 2), label)
-
-    def to_px(self, x: float, y: float) -> tuple[float, float]:
-        x0, y0, x1, y1 = self.frame
-        if self.log_x:
-            fx = (math.log(x) - math.log(self.xlim[0])) / (math.log(self.xlim[1]) - math.log(self.xlim[0]))
-        else:
-            fx = (x - self.xlim[0]) / (self.xlim[1] - self.xlim[0])
-        fy = (y - self.ylim[0]) / (self.ylim[1] - self.ylim[0])
-        return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
-
-    def line(self, xs, ys, color: str, width: float = 2, markers: bool = False) -> None:
-        points = [self.to_px(x, y) for x, y in zip(xs, ys)]
-        if len(points) > 1:
-            self.draw.line(points, fill=color, width=round(width * SCALE), joint="curve")
-        if markers or len(points) == 1:
-            r = 3.5 * SCALE
-            for px, py in points:
-                self.draw.ellipse((px - r, py - r, px + r, py + r), fill=color)
-
-    def hline(self, y: float, color: str, dash: int = 6) -> None:
-        x0, _, x1, _ = self.frame
-        _, py = self.to_px(self.xlim[0], y)
-        for start in range(int(x0), int(x1), 2 * dash * SCALE):
-            self.draw.line([(start, py), (min(start + dash * SCALE, x1), py)], fill=color, width=SCALE)
-
-    def bar(self, x: float, height: float, width: float, fill: str, outline: str) -> None:
-        (left, top), (right, base) = self.to_px(x - width / 2, height), self.to_px(x + width / 2, self.ylim[0])
-        self.draw.rectangle((left, min(top, base), right, base), fill=fill, outline=outline, width=SCALE)
-
-    def text(self, x: float, y: float, text: str, color: str) -> None:
-        """Small text centred just above the data point (x, y)."""
-        px, py = self.to_px(x, y)
-        self.draw.text((px, py - 3 * SCALE), text, fill=color, font=_font(10), anchor="md")
-
-    def legend(self, entries: list[tuple[str, str]]) -> None:
-        """Colour swatches and labels in the top-right corner of the frame."""
-        font, row = _font(11), 16 * SCALE
-        width = max(int(self.draw.textlength(label, font=font)) for label, _ in entries) + 30 * SCALE
-        x1, y0 = self.frame[2] - 6 * SCALE, self.frame[1] + 6 * SCALE
-        self.draw.rectangle((x1 - width, y0, x1, y0 + row * len(entries) + 4 * SCALE), fill="white", outline=GRID, width=SCALE)
-        for i, (label, color) in enumerate(entries):
-            y = y0 + 4 * SCALE + i * row + row // 2
-            self.draw.rectangle((x1 - width + 6 * SCALE, y - 4 * SCALE, x1 - width + 18 * SCALE, y + 4 * SCALE), fill=color, outline=AXIS)
-            self.draw.text((x1 - width + 24 * SCALE, y), label, fill=TEXT, font=font, anchor="lm")
-
-
-def _limits(values: Sequence[float]) -> tuple[float, float]:
-    return min(values), max(values)
+def _save(figure: Figure, out_png: Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_png, dpi=DPI)  # explicit: a matplotlibrc's savefig.dpi would change the size
+    return out_png
 
 
 # ---------------------------------------------------------------- training curves
@@ -211,21 +98,26 @@ def smooth(values: Sequence[float], window: float) -> list[float]:
 def plot_training_curves(metrics_csv: Path | Sequence[Path], out_png: Path) -> Path:
     """Train loss per step (raw, faint; smoothed, dark) and each validation metric (val/loss, val/bpd, fid) per validation."""
     columns = read_metrics(metrics_csv)
-    panels = [key for key in (TRAIN_KEY, *VALIDATION_KEYS) if key in columns]
-    cols = min(2, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    chart = Chart(PANEL[0] * cols, PANEL[1] * rows + 30, "training curves")
-    for i, key in enumerate(panels):
+    keys = [key for key in (TRAIN_KEY, *VALIDATION_KEYS) if key in columns]
+    cols = min(2, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    figure = _figure((PANEL[0] * cols, PANEL[1] * rows + TITLE_HEIGHT))
+    figure.suptitle("training curves")
+    panels = figure.subplots(rows, cols, squeeze=False).ravel()
+    for ax, key in zip(panels, keys):
         steps, values = zip(*columns[key])
-        left, top = (i % cols) * PANEL[0], 30 + (i // cols) * PANEL[1]
-        ax = chart.panel((left, top, left + PANEL[0], top + PANEL[1]), _limits(steps), _limits(values), key, "step", key)
         if key == TRAIN_KEY:
-            ax.line(steps, values, FAINT, width=1)
-            ax.line(steps, smooth(values, len(values) / 20), PALETTE[0])
-            ax.legend([("per step", FAINT), ("smoothed", PALETTE[0])])
+            ax.plot(steps, values, color=PALETTE[0], alpha=0.3, linewidth=1, label="per step")
+            ax.plot(steps, smooth(values, len(values) / 20), color=PALETTE[0], linewidth=2, label="smoothed")
+            ax.legend()
         else:
-            ax.line(steps, values, PALETTE[1 + VALIDATION_KEYS.index(key)], markers=True)
-    return chart.save(out_png)
+            ax.plot(steps, values, color=PALETTE[1 + VALIDATION_KEYS.index(key)], linewidth=2, marker="o")
+        ax.set(title=key, xlabel="step", ylabel=key)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k rather than an offset of 1e4
+        ax.grid(alpha=0.3)
+    for ax in panels[len(keys) :]:
+        ax.set_visible(False)
+    return _save(figure, out_png)
 
 
 # ---------------------------------------------------------------- KL per latent group
@@ -242,20 +134,28 @@ def plot_kl_per_group(kl_bits_per_dim: list[float], resolutions: list[int], out_
     colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(sorted(set(resolutions)))}
     active = [kl > threshold for kl in kl_bits_per_dim]
     n = len(kl_bits_per_dim)
-    title = f"KL per latent group: {sum(active)} of {n} active (> {threshold:g} bits/dim)"
-    chart = Chart(900, 450)
-    step = max(1, math.ceil(n / 16))
-    ticks = list(range(0, n, step))
-    ylim = (0.0, max(max(kl_bits_per_dim), threshold))
-    ax = chart.panel((0, 0, 900, 450), (-0.6, n - 0.4), ylim, title, "latent group (0 = top)", "KL (bits/dim)", xticks=ticks)
-    for i, (kl, r, on) in enumerate(zip(kl_bits_per_dim, resolutions, active)):
-        color = colors[r]
-        ax.bar(i, max(kl, 0.0), 0.8, fill=color if on else "#f2f2f2", outline=color)
+    figure = _figure(KL_SIZE)
+    ax = figure.subplots()
+    edges = [colors[r] for r in resolutions]
+    faces = [color if on else INACTIVE for color, on in zip(edges, active)]
+    ax.bar(range(n), [max(kl, 0.0) for kl in kl_bits_per_dim], width=0.8, color=faces, edgecolor=edges)
+    for i, on in enumerate(active):
         if not on:
-            ax.text(i, 0.0, "off", "#888888")
-    ax.hline(threshold, AXIS)
-    ax.legend([(f"{r} px", c) for r, c in colors.items()] + [("inactive", "#f2f2f2")])
-    return chart.save(out_png)
+            ax.annotate("off", (i, 0), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", color="#888888", fontsize=8)
+    ax.axhline(threshold, color=REFERENCE, linestyle="--", linewidth=1)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=16, integer=True))
+    ax.set(
+        title=f"KL per latent group: {sum(active)} of {n} active (> {threshold:g} bits/dim)",
+        xlabel="latent group (0 = top)",
+        ylabel="KL (bits/dim)",
+    )
+    ax.grid(axis="y", alpha=0.3)
+    handles = [Patch(facecolor=color, edgecolor=color, label=f"{r} px") for r, color in colors.items()]
+    handles.append(Patch(facecolor=INACTIVE, edgecolor="#888888", label="inactive"))
+    handles.append(Line2D([], [], color=REFERENCE, linestyle="--", linewidth=1, label="threshold"))
+    ax.legend(handles=handles)
+    return _save(figure, out_png)
 
 
 # ---------------------------------------------------------------- speed against quality
@@ -266,14 +166,34 @@ def plot_speed_quality(points: list[dict], out_png: Path, metric_name: str = "fi
     usable = [p for p in points if p.get(metric_name) is not None and math.isfinite(p[metric_name])]
     if not usable:
         raise UserError(f"no finite '{metric_name}' values to plot: compute it for at least one (sampler, steps) point")
-    samplers = list(dict.fromkeys(p["sampler"] for p in usable))
-    steps = [p["steps"] for p in usable]
-    chart = Chart(800, 500)
-    xlim, ylim = (min(steps) / 1.25, max(steps) * 1.25), _limits([p[metric_name] for p in usable])
-    title = f"{metric_name} against sampling steps"
-    ax = chart.panel((0, 0, 800, 500), xlim, ylim, title, "sampling steps", metric_name, log_x=True, xticks=sorted(set(steps)))
-    for i, sampler in enumerate(samplers):
+    figure = _figure(SPEED_QUALITY_SIZE)
+    ax = figure.subplots()
+    for i, sampler in enumerate(dict.fromkeys(p["sampler"] for p in usable)):
         line = sorted((p["steps"], p[metric_name]) for p in usable if p["sampler"] == sampler)
-        ax.line(*zip(*line), PALETTE[i % len(PALETTE)], markers=True)
-    ax.legend([(s, PALETTE[i % len(PALETTE)]) for i, s in enumerate(samplers)])
-    return chart.save(out_png)
+        ax.plot(*zip(*line), color=PALETTE[i % len(PALETTE)], linewidth=2, marker="o", label=sampler)
+    ax.set_xscale("log")
+    steps = sorted({p["steps"] for p in usable})
+    ax.set_xticks(steps, labels=[f"{s:g}" for s in steps])  # the step counts run, not powers of ten
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set(title=f"{metric_name} against sampling steps", xlabel="sampling steps (log scale)", ylabel=metric_name)
+    ax.grid(alpha=0.3)
+    ax.legend(title="sampler")
+    return _save(figure, out_png)
+
+
+def plot_noisy_conditioning(table: list[dict], units: dict[str, str], out_png: Path) -> Path:
+    """One panel per corruption (its own strength axis, labelled with ``units[kind]``): PSNR of the corrupted y
+    and of the refined image against the corruption's strength."""
+    kinds = list(dict.fromkeys(row["corruption"] for row in table))
+    figure = _figure((4.2 * len(kinds), 3.7))
+    figure.suptitle("PSNR to the clean test image against corruption strength")
+    for axes, kind in zip(figure.subplots(1, len(kinds), squeeze=False, sharey=True)[0], kinds):
+        rows = sorted((row for row in table if row["corruption"] == kind), key=lambda row: row["strength"])
+        strengths = [row["strength"] for row in rows]
+        axes.plot(strengths, [row["psnr_y"] for row in rows], marker="o", color=PALETTE[0], label="corrupted y")
+        axes.plot(strengths, [row["psnr_refined"] for row in rows], marker="o", color=PALETTE[1], label="refined")
+        axes.set(title=kind, xlabel=units[kind])
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.axes[0].set_ylabel("PSNR (dB)")
+    return _save(figure, out_png)

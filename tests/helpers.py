@@ -1,9 +1,11 @@
-"""Shared helpers for tests: composing the project's Hydra configs and tiny training runs."""
+"""Shared helpers for tests: composing the project's Hydra configs, tiny training runs, offline Inception weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -57,3 +59,20 @@ TINY_REFINER = [
 def tiny_refiner_config(run_dir: Path, stage_one: Path | str | None, *overrides: str) -> DictConfig:
     stage = f"stage_one={stage_one}" if stage_one is not None else "stage_one=null"
     return compose_config("train_ddpm", [*TINY_REFINER, f"run_dir={run_dir}", "name=test", stage, *overrides])
+
+
+def random_inception_weights(path: Path) -> Path:
+    """A state_dict in the format torch-fidelity's loader expects, of its own network with random (He) weights: FID offline."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe  # here: a 3 s import most tests do not need
+
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None),
+    ):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    generator = torch.Generator().manual_seed(0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):  # the default init shrinks activations to ~1e-8 over the depth
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+    torch.save(net.state_dict(), path)
+    return path

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
+from main.callbacks import log_image
 from main.utils.image_io import grid_image
 
 
@@ -25,11 +25,12 @@ class SampleGrid(pl.Callback):
         self.n = n
         self.seed = seed
         self.sample_kwargs = sample_kwargs
+        self._last: int | None = None  # a skipped update leaves global_step as it was: draw each step once
 
     @rank_zero_only
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if not self.every_n_steps or step == 0 or step % self.every_n_steps or getattr(self, "_last", None) == step:
+        if not self.every_n_steps or step == 0 or step % self.every_n_steps or self._last == step:
             return
         self._last = step
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
@@ -40,8 +41,4 @@ class SampleGrid(pl.Callback):
         grid = grid_image(images, per_row)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         save_image(grid, self.out_dir / f"step_{step:07d}.png")
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, step)
-            elif isinstance(logger, WandbLogger):
-                logger.log_image("samples", [grid], step=step)
+        log_image(trainer, "samples", grid, step)

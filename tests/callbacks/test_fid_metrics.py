@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from entrypoints.test_fid import random_inception_weights
-from helpers import ROOT, tiny_refiner_config, tiny_train_config
+from helpers import ROOT, random_inception_weights, tiny_refiner_config, tiny_train_config
 from omegaconf import OmegaConf
 
 from main.callbacks.fid_metrics import FIDMetrics, fid_samples

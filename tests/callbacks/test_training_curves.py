@@ -8,7 +8,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from main.callbacks.curves import TrainingCurves, csv_log_files
-from main.plots import PANEL, read_metrics
+from main.plots import DPI, PANEL, TITLE_HEIGHT, read_metrics
 from main.train_ae import build_trainer, train
 
 QUICK = ["trainer.log_every_n_steps=1", "trainer.limit_val_batches=1"]
@@ -18,8 +18,9 @@ def test_a_resumed_run_plots_its_whole_history(tmp_path):
     train(tiny_train_config(tmp_path, *QUICK, "trainer.max_steps=6", "trainer.val_check_interval=3"))
     train(tiny_train_config(tmp_path, *QUICK, "trainer.max_steps=10", "trainer.val_check_interval=3", "resume=true"))
     png = tmp_path / "plots" / "training_curves.png"
+    two_by_two = (2 * PANEL[0] * DPI, (2 * PANEL[1] + TITLE_HEIGHT) * DPI)  # train/loss, val/loss, val/bpd
     with Image.open(png) as image:
-        assert image.format == "PNG" and image.size == (2 * PANEL[0], 2 * PANEL[1] + 30)  # train/loss, val/loss, val/bpd
+        assert image.format == "PNG" and image.size == two_by_two
     files = csv_log_files(CSVLogger(tmp_path, name="logs"))
     assert [f.parent.name for f in files] == ["version_0", "version_1"]
     assert [step for step, _ in read_metrics(files)["train/loss"]] == list(range(10))  # Lightning logs update k at step k - 1

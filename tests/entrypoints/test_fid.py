@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-import torch_fidelity.feature_extractor_inceptionv3 as fe
-from helpers import ROOT
+from helpers import ROOT, random_inception_weights
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -18,24 +15,6 @@ from main.fid import WEIGHTS_URL, load_reference, main
 from main.utils.errors import UserError
 
 N = 16  # Inception at 299x299 costs ~0.25 s per image on one CPU thread
-
-
-def random_inception_weights(path: Path) -> Path:
-    """A state_dict in the format torch-fidelity's loader expects, of its own network with random (He) weights.
-
-    Other test files import this (offline FID everywhere); moving it to tests/helpers.py would be its natural home.
-    """
-    with (
-        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None),
-        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None),
-    ):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    generator = torch.Generator().manual_seed(0)
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv2d):  # the default init shrinks activations to ~1e-8 over the depth
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
-    torch.save(net.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

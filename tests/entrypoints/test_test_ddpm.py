@@ -10,10 +10,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, compose_config, tiny_refiner_config, tiny_train_config
+from helpers import ROOT, compose_config, random_inception_weights, tiny_refiner_config, tiny_train_config
 from omegaconf import OmegaConf
 from PIL import Image
-from test_fid import random_inception_weights
 
 from main.datasets import build_datamodule
 from main.evaluation import Shard
