@@ -36,7 +36,7 @@ from main.models.vdvae.original_format import (
 from main.systems.stage_one import StageOneSystem, load_stage_one
 from main.utils.checkpoint import AtomicCheckpointIO
 from main.utils.config import plain
-from main.utils.errors import UserError, exit_on_user_error
+from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 
 # The imported EMA is a long-run average (VDVAE trained 0.65M to 1.7M updates): a count past the EMA warm-up
 # makes fine-tuning continue it at ema_rate; with 0, AveragedModel would overwrite it at the first update.
@@ -134,4 +134,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, Path(__file__).parent / "configs")

@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule
 from main.evaluation import batch_generator, dataset_config, generate_to, pick_device
+from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 from main.plots import plot_kl_per_group
 from main.systems.stage_one import load_stage_one
 from main.utils.config import plain
-from main.utils.errors import UserError, exit_on_user_error
+from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
 from main.utils.results import write_results
 
@@ -45,11 +46,12 @@ def test_bpd(system, data_cfg, cfg) -> tuple[dict, dict]:
     start = time.perf_counter()
     scores = trainer.test(system, dataloaders=loader, verbose=False)[0]
     seconds = time.perf_counter() - start
-    metrics = {f"{cfg.bpd.split}_{k.split('/')[1]}": v for k, v in scores.items()}
+    space = "latent_" if system.autoencoder is not None else ""  # latent space: a density per latent dimension, not pixel bits
+    metrics = {f"{cfg.bpd.split}_{space}{k.split('/')[1]}": v for k, v in scores.items()}
     return metrics, {"eval_images_per_s": n_images / seconds, "eval_images": n_images}
 
 
-def test_iw_bpd(vae: HierarchicalVAE, data_cfg, cfg, device) -> tuple[dict, dict]:
+def test_iw_bpd(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, device) -> tuple[dict, dict]:
     """Importance-weighted bits/dim with K posterior samples, and the ELBO on the same images, each with its standard
     error over images; the KL of each latent group shows which groups carry information."""
     c = cfg.iw_bpd
@@ -74,7 +76,7 @@ def test_iw_bpd(vae: HierarchicalVAE, data_cfg, cfg, device) -> tuple[dict, dict
     def standard_error(values: torch.Tensor) -> float:
         return float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
 
-    name = c.split
+    name = f"{c.split}_latent" if isinstance(vae, LatentSpaceModel) else c.split  # per latent dimension in latent space
     metrics = {
         f"{name}_elbo_bpd": float(elbo_bpd.mean()),
         f"{name}_elbo_bpd_se": standard_error(elbo_bpd),
@@ -100,7 +102,7 @@ def evaluate(cfg: DictConfig) -> dict:
         check_writable(out_dir, cfg.overwrite)
     data_cfg = dataset_config(checkpoint["hyper_parameters"]["data"], cfg.dataset)
     device = pick_device(cfg.device)
-    vae: HierarchicalVAE = system.ema_vae.to(device).eval()
+    vae = system.image_model.to(device).eval()  # the VAE, or in latent space the VAE inside its autoencoder
     metrics: dict = {}
     timings: dict = {"train_seconds": checkpoint.get("callbacks", {}).get("TrainTimer", {}).get("train_seconds")}
 
@@ -147,7 +149,12 @@ def evaluate(cfg: DictConfig) -> dict:
             lambda start, n: {
                 "class_samples": vae.to_uint8(
                     vae.sample(
-                        n, labels=labels[start : start + n], temperature=plain(c.temperature), generator=seeded(start), output=c.output
+                        n,
+                        labels=labels[start : start + n],
+                        temperature=plain(c.temperature),
+                        generator=seeded(start),
+                        output=c.output,
+                        guidance=tuple(c.guidance),
                     )
                 )
             },
@@ -171,7 +178,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return results
 
 
-def reconstructions(vae: HierarchicalVAE, data_cfg, cfg, out_dir: Path, device, seeded) -> dict:
+def reconstructions(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, out_dir: Path, device, seeded) -> dict:
     """Rows of the grid: the test images, then their reconstructions keeping the first k groups."""
     r = cfg.reconstructions
     test = build_datamodule(data_cfg, batch_size=r.n).split("test")
@@ -203,4 +210,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, Path(__file__).parent / "configs")

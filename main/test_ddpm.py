@@ -31,7 +31,7 @@ from main.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_met
 from main.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two, to_uint8
 from main.utils.config import plain
-from main.utils.errors import UserError, exit_on_user_error
+from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
 from main.utils.results import write_results
 
@@ -275,4 +275,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, Path(__file__).parent / "configs")

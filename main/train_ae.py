@@ -18,16 +18,22 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
+from main.systems.latent_setup import prepare_latent_space
 from main.systems.stage_one import StageOneSystem
 from main.training import build_trainer as build_shared_trainer
 from main.training import fit, train_and_report
 from main.utils.config import plain
-from main.utils.errors import exit_on_user_error
+from main.utils.errors import UserError, check_trainer_settings, exit_on_user_error, run_entry_point
 
 
-def build_system(cfg: DictConfig) -> StageOneSystem:
+def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: dict | None = None) -> StageOneSystem:
+    """The system of cfg.vae; in latent space, ``model`` (sized to the latents) and the ``autoencoder`` spec."""
     system = StageOneSystem(
-        model=plain(cfg.vae.model), optim=plain(cfg.vae.optim), data=plain(cfg.dataset), label_dropout=cfg.vae.label_dropout
+        model=model or plain(cfg.vae.model),
+        optim=plain(cfg.vae.optim),
+        data=plain(cfg.dataset),
+        label_dropout=cfg.vae.label_dropout,
+        autoencoder=autoencoder,
     )
     return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
 
@@ -37,16 +43,24 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
 
 
 def train(cfg: DictConfig) -> Path:
-    """Fit stage one; returns the path of the last checkpoint."""
+    """Fit stage one, on pixels or on an autoencoder's cached latents; returns the path of the last checkpoint."""
     pl.seed_everything(cfg.seed, workers=True)
-    return fit(cfg, build_system(cfg), build_trainer(cfg), cfg.vae.batch_size)
+    if cfg.vae.space == "pixel":
+        return fit(cfg, build_system(cfg), build_trainer(cfg), cfg.vae.batch_size)
+    if cfg.vae.space != "latent":
+        raise UserError(f"vae.space={cfg.vae.space} is not a space: use pixel or latent")
+    model, spec, autoencoder, latents = prepare_latent_space(cfg, cfg.vae.batch_size)
+    system = build_system(cfg, model, spec)
+    system.autoencoder.load_state_dict(autoencoder.state_dict())  # the checkpoint carries the autoencoder's weights
+    return fit(cfg, system, build_trainer(cfg), cfg.vae.batch_size, datamodule=latents)
 
 
 @hydra.main(config_path="configs", config_name="train_ae", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    check_trainer_settings(plain(cfg.trainer))
     train_and_report(train, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, Path(__file__).parent / "configs")

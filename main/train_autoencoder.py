@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from main.systems.autoencoder import AutoencoderSystem
 from main.training import build_trainer, fit, train_and_report
 from main.utils.config import plain
-from main.utils.errors import exit_on_user_error
+from main.utils.errors import exit_on_user_error, run_entry_point
 
 
 def train(cfg: DictConfig) -> Path:
@@ -36,4 +36,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, Path(__file__).parent / "configs")

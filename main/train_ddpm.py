@@ -23,7 +23,7 @@ from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import StageTwoSystem
 from main.training import build_trainer, fit, train_and_report
 from main.utils.config import plain
-from main.utils.errors import UserError, exit_on_user_error
+from main.utils.errors import UserError, check_trainer_settings, exit_on_user_error, run_entry_point
 
 
 def refiner_num_classes(setting: bool | str, data: dict, vae_classes: int) -> int | None:
@@ -53,7 +53,7 @@ def build_system(cfg: DictConfig) -> StageTwoSystem:
     stage_one, vae_state, vae_classes = None, None, 0
     if cfg.stage_one is not None:
         vae_system, checkpoint = load_stage_one(cfg.stage_one)
-        vae = vae_system.ema_vae
+        vae = vae_system.image_model  # in latent space: the VAE inside its autoencoder, both copied into the refiner
         if (vae.channels, vae.image_size) != (data["channels"], data["image_size"]):
             raise UserError(
                 f"stage one '{cfg.stage_one}' models {vae.channels}x{vae.image_size}x{vae.image_size} images but data set "
@@ -66,6 +66,7 @@ def build_system(cfg: DictConfig) -> StageTwoSystem:
             "model": model,
             "data": checkpoint["hyper_parameters"]["data"],
             "global_step": checkpoint.get("global_step"),
+            "autoencoder": checkpoint["hyper_parameters"].get("autoencoder"),
         }
         vae_state, vae_classes = vae.state_dict(), model.get("num_classes", 0)
     system = StageTwoSystem(
@@ -91,8 +92,9 @@ def train(cfg: DictConfig) -> Path:
 @hydra.main(config_path="configs", config_name="train_ddpm", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    check_trainer_settings(plain(cfg.trainer))
     train_and_report(train, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, Path(__file__).parent / "configs")

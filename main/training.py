@@ -67,13 +67,17 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
     return pl.Trainer(**plain(cfg.trainer), callbacks=callbacks, logger=loggers, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
 
 
-def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_size: int) -> Path:
-    """Train (or resume) ``system`` on cfg.dataset; returns the path of the last checkpoint."""
+def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_size: int, datamodule=None) -> Path:
+    """Train (or resume) ``system`` on cfg.dataset (or on ``datamodule``, e.g. cached latents); returns the path of the last checkpoint."""
     checkpoint_dir = Path(cfg.run_dir) / "checkpoints"
     ckpt_path = resume_checkpoint(cfg.resume, checkpoint_dir)
-    datamodule = build_datamodule(cfg.dataset, batch_size=batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    if datamodule is None:
+        datamodule = build_datamodule(cfg.dataset, batch_size=batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
-    return checkpoint_dir / "last.ckpt"
+    last = checkpoint_dir / "last.ckpt"
+    if trainer.global_step > 0:  # also the updates after the last validation (max_steps or max_time mid-interval)
+        trainer.save_checkpoint(last)
+    return last
 
 
 def train_and_report(train: Callable[[DictConfig], Path], cfg: DictConfig) -> None:

@@ -336,7 +336,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    torch.set_num_threads(1)  # the machine is shared: one core, whatever OMP_NUM_THREADS says
     args = parse_args(argv)
     if args.command == "train":
         result = train(args.data_root, args.minutes, args.out, width=args.width, seed=args.seed)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from main.datasets.config import DatasetConfig
 from main.utils.errors import UserError
@@ -128,25 +128,42 @@ class MirrorPairs(Dataset):
         return (image.flip(-1) if index >= self.n else image), label
 
 
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Shuffles the training split with a permutation drawn from (seed, epoch).
+class EpochSampler(DistributedSampler):
+    """This rank's share of the training split, in an order drawn from (seed, epoch).
 
-    Lightning calls `set_epoch` at each epoch, so a run resumed from a checkpoint sees exactly the
-    order (and flips) the uninterrupted run would have seen.
+    The epoch's order is one permutation of the whole split (padded by its first images to a multiple of
+    the number of ranks), and rank r serves every world_size-th image of it from r on: batch k of W ranks
+    with batch size B together hold the images of batch k of one process with batch size W * B. Being a
+    DistributedSampler, it is used by Lightning as is (Lightning would wrap any other sampler in one that
+    shuffles our order again). Lightning calls `set_epoch` at each epoch, so a resumed run sees exactly the
+    order (and flips) the uninterrupted run would have seen; `resume_at` continues an epoch half-way.
     """
 
-    def __init__(self, n: int, seed: int, flip: bool = False):
-        self.n, self.seed, self.flip, self.epoch = n, seed, flip, 0
+    def __init__(self, n: int, seed: int, flip: bool = False, rank: int = 0, world_size: int = 1):
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.n, self.flip = n, flip
+        self.offset = 0  # position in the epoch's order where the current iteration started
+        self.resume_offset = 0  # where the next iteration starts (set by resume_at, consumed once)
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.resume_offset = 0
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return self.n
+    def resume_at(self, epoch: int, offset: int) -> None:
+        """Serve epoch ``epoch`` from position ``offset`` of its order (the images all ranks had served)."""
+        self.epoch, self.resume_offset = epoch, offset
+
+    def position(self, served: int) -> dict[str, int]:
+        """The (epoch, offset) to resume at once this rank has served ``served`` images of the current iteration."""
+        offset = self.offset + served * self.num_replicas
+        return {"epoch": self.epoch + 1, "offset": 0} if offset >= self.total_size else {"epoch": self.epoch, "offset": offset}
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator)
         if self.flip:
             order += self.n * torch.randint(0, 2, (self.n,), generator=generator)
-        return iter(order.tolist())
+        order = (order.tolist() * math.ceil(self.total_size / self.n))[: self.total_size]
+        self.offset, self.resume_offset = self.resume_offset, 0
+        return iter(order[self.offset + self.rank :: self.num_replicas])

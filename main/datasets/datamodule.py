@@ -17,6 +17,7 @@ from main.datasets.digits import DigitsSource
 from main.datasets.folder import FolderSource
 from main.datasets.imagenet import ImageNetSource
 from main.datasets.npz import NpzSource
+from main.utils.errors import UserError
 
 SOURCES: dict[str, type[SplitSource]] = {
     "digits": DigitsSource,
@@ -29,11 +30,34 @@ SOURCES: dict[str, type[SplitSource]] = {
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
+class ResumableLoader(DataLoader):
+    """The training loader, with the `state_dict` / `load_state_dict` Lightning saves in checkpoints.
+
+    The state is where the epoch's order continues (epoch, images served by all ranks), counted from the
+    batches this loader has handed out, not from what worker processes have prefetched. A run resumed
+    mid-epoch so continues the epoch instead of starting it again.
+    """
+
+    batches_served = 0
+
+    def __iter__(self):
+        self.batches_served = 0
+        for batch in super().__iter__():
+            self.batches_served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.position(self.batches_served * self.batch_size)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["offset"])
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Serves (uint8 [C, H, W] image, int label or -1) pairs of the train/val/test splits.
 
     Splits are built on first use and cached; only the train split is flipped (if configured)
-    and shuffled, by a generator seeded from `seed`.
+    and shuffled, by a generator seeded from `seed`, and split across the trainer's ranks.
     """
 
     def __init__(
@@ -45,6 +69,9 @@ class ImageDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
     ):
         super().__init__()
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or batch_size)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise UserError(f"{name}={size!r} is not valid: use a positive number of images per device")
         self.config = DatasetConfig.parse(dataset_cfg)
         self.image_size, self.channels, self.num_classes = (self.config.image_size, self.config.channels, self.config.num_classes)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -67,7 +94,9 @@ class ImageDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         train = self.split("train")
         n = train.n if isinstance(train, MirrorPairs) else len(train)
-        return self._loader("train", self.batch_size, sampler=EpochSampler(n, self.seed, flip=self.config.flip))
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = EpochSampler(n, self.seed, flip=self.config.flip, rank=rank, world_size=world_size)
+        return self._loader("train", self.batch_size, sampler=sampler, loader=ResumableLoader)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size)
@@ -75,10 +104,10 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size)
 
-    def _loader(self, name: str, batch_size: int, sampler: EpochSampler | None = None) -> DataLoader:
+    def _loader(self, name: str, batch_size: int, sampler: EpochSampler | None = None, loader: type[DataLoader] = DataLoader) -> DataLoader:
         # Every loader gets its own generator (worker seeds), so iterating a loader never draws
         # from the global RNG the model uses.
-        return DataLoader(
+        return loader(
             self.split(name),
             batch_size=batch_size,
             sampler=sampler,

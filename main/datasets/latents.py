@@ -124,8 +124,8 @@ class LatentCache:
         for start in range(0, len(latents), chunk):
             block = np.asarray(latents[start : start + chunk], dtype=np.float64)
             total, total_sq, count = total + block.sum(), total_sq + (block**2).sum(), count + block.size
-        mean = total / count
-        return mean, math.sqrt(max(total_sq / count - mean**2, 1e-12))
+        mean = float(total / count)  # plain floats: checkpoints hold only plain data
+        return mean, math.sqrt(max(float(total_sq / count) - mean**2, 1e-12))
 
 
 class LatentDataModule(ImageDataModule):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from main.datasets.latents import encode_images
+from main.models.autoencoder import build_autoencoder
 from main.models.vdvae import ELBO, HierarchicalVAE
 from main.models.vdvae.vae import check_image_shape
 
@@ -78,3 +79,12 @@ class LatentSpaceModel(nn.Module):
 
     def encode_latents(self, x: torch.Tensor, labels=None, temperature: float = 0.0, generator=None) -> list[torch.Tensor]:
         return self.vae.encode_latents(self.encode(x), labels, temperature, generator)
+
+
+def stage_one_model(model: dict, autoencoder: dict | None = None, image_size: int | None = None) -> nn.Module:
+    """The image model a stage-one config describes: the VAE itself, or in latent space the VAE inside its autoencoder
+    (``autoencoder``: the spec from `autoencoder_spec`; ``image_size``: the images' size in pixels)."""
+    vae = HierarchicalVAE(**model)
+    if autoencoder is None:
+        return vae
+    return LatentSpaceModel(vae, build_autoencoder(autoencoder).requires_grad_(False).eval(), image_size)

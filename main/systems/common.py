@@ -1,7 +1,8 @@
-"""Pieces both training systems share: the EMA rule, the LR warm-up, resumable RNG state, loading from a checkpoint."""
+"""Pieces both training systems share: the EMA rule, the LR warm-up, guarded updates, resumable RNG state, loading from a checkpoint."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,12 @@ class ResumableSystem(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.upgrade_checkpoint(checkpoint)
         self._resumed_rng_state = checkpoint.get("rng_state")
+
+    @staticmethod
+    def upgrade_checkpoint(checkpoint: dict[str, Any]) -> None:
+        """Bring a checkpoint written by an earlier version up to date, in place (for resuming and loading alike)."""
 
     def on_train_start(self) -> None:
         """Continue the interrupted run's random stream (after Lightning's sanity check has drawn from it)."""
@@ -63,6 +69,7 @@ class ResumableSystem(pl.LightningModule):
     def from_checkpoint(cls, path: str | Path):
         """Rebuild a trained system from its checkpoint alone (the checkpoint carries its config)."""
         checkpoint = load_checkpoint(path, cls.STAGE)
+        cls.upgrade_checkpoint(checkpoint)
         system = cls(**checkpoint["hyper_parameters"])
         result = system.load_state_dict(checkpoint["state_dict"], strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -72,3 +79,74 @@ class ResumableSystem(pl.LightningModule):
                 "it was edited or comes from another version"
             )
         return system, checkpoint
+
+
+# Stop a run after this many skipped updates in a row when its optim config does not say.
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+class GuardedSystem(ResumableSystem):
+    """Manual optimisation with VDVAE's skipped updates, for both stages.
+
+    A step whose loss or gradient norm is not finite on any rank, or whose gradient norm reaches
+    ``optim.skip_threshold`` (default: never), touches neither the weights, the optimizer state, the LR
+    schedule nor the EMA, and does not count towards max_steps. Skips are counted in ``skipped_updates``
+    (a buffer, so it survives resume); ``optim.max_consecutive_skips`` in a row stop the run with a message
+    instead of stalling it forever. Subclasses set ``optim`` in their hyperparameters and call `update`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.register_buffer("skipped_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("consecutive_skips", torch.zeros((), dtype=torch.long))
+
+    def update(self, loss: torch.Tensor, module: torch.nn.Module, metrics: dict[str, torch.Tensor]) -> None:
+        """Backward ``loss``, clip ``module``'s gradients, and step the optimizer, schedule and EMA unless the update is bad.
+
+        ``metrics`` (scalars of this rank's batch) are logged as their mean over the ranks, i.e. over the global
+        batch; they travel in the same all-reduce as the verdict, so that every rank skips the same updates.
+        """
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        grad_norm = self._clip_gradients(module.parameters())
+        healthy = torch.isfinite(loss) & torch.isfinite(grad_norm) & (grad_norm < self.hparams.optim.get("skip_threshold", math.inf))
+        verdict = torch.stack([*(value.detach().float() for value in metrics.values()), (~healthy).float()])
+        reduced = self.trainer.strategy.reduce(verdict, reduce_op="mean")
+        if bool(reduced[-1] == 0):  # one host sync
+            optimizer.step()
+            self.lr_schedulers().step()
+            self.ema.update_parameters(module)
+            self.consecutive_skips.zero_()
+        else:
+            self._skip_update(grad_norm)
+        self.log_dict(dict(zip(metrics, reduced[:-1])), on_step=True, prog_bar=True)
+        self.log_dict(
+            {
+                "train/grad_norm": grad_norm,
+                "train/skipped_updates": self.skipped_updates.float(),
+                "train/lr": optimizer.param_groups[0]["lr"],
+            },
+            on_step=True,
+        )
+
+    def _clip_gradients(self, parameters) -> torch.Tensor:
+        """Clip to optim.grad_clip and return the unclipped norm; works on loss-scaled (16-mixed) gradients too."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = float(scaler.get_scale()) if scaler is not None else 1.0
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.hparams.optim["grad_clip"] * scale)
+        return norm / scale
+
+    def _skip_update(self, grad_norm: torch.Tensor) -> None:
+        self.skipped_updates += 1
+        self.consecutive_skips += 1
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and not torch.isfinite(grad_norm):  # fp16 overflow: lower the loss scale
+            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+        limit = self.hparams.optim.get("max_consecutive_skips", MAX_CONSECUTIVE_SKIPS)
+        if self.consecutive_skips >= limit:
+            raise UserError(
+                f"{limit} updates in a row were skipped (last gradient norm {float(grad_norm):.3g}): "
+                "raise optim.skip_threshold, lower optim.lr, or check the data"
+            )

@@ -7,7 +7,9 @@ sample), rendered as the likelihood's mean or a draw from it. The refiner learns
 draws y from the VAE's prior and refines it. Conditions are dropped per sample with probability
 ``conditioning.dropout`` so one network also gives the unconditional output for classifier-free
 guidance. The frozen VAE's weights live inside the refiner's checkpoint, so a refiner checkpoint is
-all that sampling needs. Validation and sampling use the EMA weights.
+all that sampling needs. Updates are guarded as in stage one (`GuardedSystem`): a batch whose loss or
+gradient is not finite never reaches the weights, the EMA or a checkpoint. Validation and sampling use
+the EMA weights.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 from main.models.diffusion import GaussianDiffusion, get_beta_schedule, respaced, sample_loop
+from main.models.diffusion.corruptions import check_augmentation, random_corruption
 from main.models.diffusion.guidance import ConditionedDenoiser, class_labels_for
 from main.models.diffusion.unet import UNet
+from main.models.latent_space import stage_one_model
 from main.models.vdvae import HierarchicalVAE
-from main.systems.common import ResumableSystem, adamw_with_warmup, ema_update
+from main.systems.common import GuardedSystem, adamw_with_warmup, ema_update
 from main.utils.errors import UserError
 
 # Stage one is frozen in eval mode on purpose; Lightning warns about any module in eval mode at fit start.
@@ -39,13 +43,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-class StageTwoSystem(ResumableSystem):
+class StageTwoSystem(GuardedSystem):
     STAGE = "ddpm"
 
     def __init__(self, unet: dict, diffusion: dict, conditioning: dict, optim: dict, data: dict, stage_one: dict | None = None):
         """unet: UNet kwargs; diffusion: formulation, schedule, num_timesteps, prediction; conditioning: k, temperature,
-        output, dropout; optim: lr, betas, weight_decay, warmup_steps, grad_clip, ema_rate, ema_warmup; data: the
-        data set config; stage_one: {checkpoint, model (VAE kwargs), data, global_step}, None for the unconditional baseline."""
+        output, dropout; optim: lr, betas, weight_decay, warmup_steps, grad_clip, ema_rate, ema_warmup (and optionally
+        skip_threshold, max_consecutive_skips); data: the data set config; stage_one: {checkpoint, model (VAE kwargs),
+        data, global_step, autoencoder (latent space)}, None for the unconditional baseline."""
         super().__init__()
         self.save_hyperparameters()
         self.unet = UNet(**unet)
@@ -58,11 +63,24 @@ class StageTwoSystem(ResumableSystem):
                 f"formulation {diffusion['formulation']!r} {'needs' if self.diffusion.is_conditional else 'takes no'} "
                 "stage-one checkpoint: set stage_one=<path of a stage-one .ckpt>, or diffusion.formulation=unconditional"
             )
-        self.stage_one = HierarchicalVAE(**stage_one["model"]) if stage_one else None
+        self.stage_one = stage_one_model(stage_one["model"], stage_one.get("autoencoder"), data["image_size"]) if stage_one else None
         if self.stage_one is not None:
             self.stage_one.requires_grad_(False).eval()
             self.conditioning_k = posterior_groups(conditioning["k"], self.stage_one)
+            check_augmentation(conditioning.get("corruption"))
         self.register_buffer("nonfinite_conditions", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def upgrade_checkpoint(checkpoint: dict[str, Any]) -> None:
+        """Refiner checkpoints from before its guarded updates (Lightning's automatic optimisation) get zero skip
+        counters, and their update count moves to where manual optimisation keeps it, so resume continues at that step."""
+        for name in ("skipped_updates", "consecutive_skips"):
+            checkpoint["state_dict"].setdefault(name, torch.zeros((), dtype=torch.long))
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        automatic = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {}).get("step")
+        manual = loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        if automatic and manual and automatic["total"]["completed"] and not manual["total"]["completed"]:
+            loop["epoch_loop.manual_optimization.optim_step_progress"] = automatic
 
     def train(self, mode: bool = True):
         """Stage one stays in eval mode: it is frozen."""
@@ -111,16 +129,13 @@ class StageTwoSystem(ResumableSystem):
     def configure_optimizers(self):
         return adamw_with_warmup(self.unet.parameters(), self.hparams.optim)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Clip to optim.grad_clip (Lightning has already unscaled fp16 gradients here) and log the norm."""
-        norm = torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.hparams.optim["grad_clip"])
-        self.log("train/grad_norm", norm, on_step=True)
-
     def loss(self, unet: UNet, images: torch.Tensor, labels: torch.Tensor, keep=None, generator=None) -> torch.Tensor:
         """Per-image diffusion loss [N] of uint8 images with their stage-one conditions."""
         y = self.condition(images, labels, generator) if self.diffusion.is_conditional else None
         if y is not None:
             y = self.null_if_nonfinite(y)
+            if self.training and self.hparams.conditioning.get("corruption"):  # augmentation: training only, not validation or sampling
+                y = random_corruption(y, self.hparams.conditioning["corruption"], generator)
         denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, len(images), images.device), keep)
         return self.diffusion.training_loss(denoiser, to_unit(images), y, generator=generator)
 
@@ -129,13 +144,8 @@ class StageTwoSystem(ResumableSystem):
         p = self.hparams.conditioning.get("dropout", 0.0)
         keep = torch.rand(len(images), device=images.device) >= p if p > 0 else None
         loss = self.loss(self.unet, images, labels, keep).mean()
-        self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        self.update(loss, self.unet, {"train/loss": loss})
         self.log("train/nonfinite_conditions", self.nonfinite_conditions.float(), on_step=True)
-        return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.ema.update_parameters(self.unet)
 
     def validation_step(self, batch, batch_idx):
         """EMA loss with the steps, noise and stage-one draws fixed per batch, so curves are comparable across validations."""

@@ -84,3 +84,52 @@ def test_worker_processes_serve_the_same_batches(config):
 def test_unknown_split_name_is_rejected(config):
     with pytest.raises(ValueError, match="unknown split 'training'"):
         build_datamodule(config("digits"), batch_size=8).split("training")
+
+
+def test_ranks_share_each_global_batch():
+    """Rank r serves every world_size-th image of the epoch's order from r on: batch k of 2 ranks with batch B
+    holds the images of batch k of one process with batch 2B (the order is padded by its start to an even length)."""
+    order = list(EpochSampler(101, seed=3))
+    shards = [EpochSampler(101, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 51
+    assert [i for pair in zip(*shards) for i in pair] == order + order[:1]
+
+
+def epoch(batches) -> list[torch.Tensor]:
+    """The labels of each batch (they identify the images well enough)."""
+    return [labels for _, labels in batches]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_training_loader_resumes_mid_epoch(config, num_workers):
+    """The loader's state (saved by Lightning in checkpoints) continues the epoch; Lightning loads it, then
+    iterates (worker processes start drawing indices at once), then sets the epoch."""
+
+    def loader():
+        return build_datamodule(config("digits"), batch_size=100, seed=5, num_workers=num_workers).train_dataloader()
+
+    first = loader()
+    first.sampler.set_epoch(2)
+    full = epoch(first)
+    interrupted = loader()
+    interrupted.sampler.set_epoch(2)
+    batches = iter(interrupted)
+    served = [next(batches)[1] for _ in range(4)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 2, "offset": 400}
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = iter(resumed)
+    resumed.sampler.set_epoch(2)
+    assert len(resumed) == len(full) and all(torch.equal(a, b) for a, b in zip(served + epoch(rest), full, strict=True))
+
+
+def test_training_loader_state_at_the_end_of_an_epoch_is_the_next_epoch(config):
+    loader = build_datamodule(config("digits"), batch_size=100, seed=5).train_dataloader()
+    epoch(loader)
+    assert loader.state_dict() == {"epoch": 1, "offset": 0}
+    resumed = build_datamodule(config("digits"), batch_size=100, seed=5).train_dataloader()
+    resumed.load_state_dict(loader.state_dict())
+    loader.sampler.set_epoch(1)
+    assert all(torch.equal(a, b) for a, b in zip(epoch(resumed), epoch(loader), strict=True))

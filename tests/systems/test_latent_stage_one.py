@@ -1,0 +1,90 @@
+"""Stage one in latent space end to end on digits: our autoencoder, the latent VAE on cached latents, evaluation
+and sampling through test_ae, and a refiner on top; all from checkpoints alone."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from helpers import QUIET_CPU_TRAINING, TINY_DIGITS, compose_config, tiny_refiner_config
+
+from main.models.latent_space import LatentSpaceModel
+from main.systems.stage_one import load_stage_one
+from main.systems.stage_two import load_stage_two
+from main.test_ae import evaluate
+from main.train_ae import train as train_stage_one
+from main.train_autoencoder import train as train_autoencoder
+from main.train_ddpm import train as train_refiner
+from main.utils.errors import UserError
+
+LATENT_DIGITS = [o for o in TINY_DIGITS if o != "vae=digits"] + ["vae=digits_latent"]
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent")
+    ae_cfg = compose_config(
+        "train_autoencoder",
+        ["dataset=digits", "autoencoder=kl_f2", *QUIET_CPU_TRAINING, f"run_dir={root}/ae", "name=t", "trainer.max_steps=90"],
+    )
+    autoencoder = train_autoencoder(ae_cfg)
+    cfg = compose_config(
+        "train_ae",
+        [*LATENT_DIGITS, f"run_dir={root}/vae", "name=t", f"vae.autoencoder={autoencoder}", f"vae.latent_cache={root}/cache",
+         "trainer.max_steps=120", "trainer.val_check_interval=40"],
+    )  # fmt: skip
+    return {"root": root, "autoencoder": autoencoder, "stage_one": train_stage_one(cfg)}
+
+
+def test_latent_vae_trains_on_cached_latents_and_its_loss_falls(stages):
+    rows = list(csv.DictReader(open(next((stages["root"] / "vae").glob("logs/*/metrics.csv")))))
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(val) >= 3 and val[-1] < val[0]
+    cache = next((stages["root"] / "cache").iterdir())
+    assert sorted(p.name for p in cache.glob("*_latents.npy")) == ["test_latents.npy", "train_latents.npy", "val_latents.npy"]
+
+
+def test_checkpoint_carries_the_autoencoder_and_the_measured_normalisation(stages):
+    system, checkpoint = load_stage_one(stages["stage_one"])
+    hp = checkpoint["hyper_parameters"]
+    assert hp["autoencoder"]["kind"] == "kl" and hp["model"]["likelihood"] == "gaussian"
+    assert (hp["model"]["image_size"], hp["model"]["channels"]) == (4, 4)  # 8x8 digits -> 4x4x4 latents
+    assert hp["model"]["pixel_std"] > 0 and hp["model"]["pixel_mean"] != 127.5  # measured on the cache, not the defaults
+    model = system.image_model.eval()
+    assert isinstance(model, LatentSpaceModel)
+    images = model.sample(3, labels=torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(0))
+    assert images.shape == (3, 1, 8, 8) and images.abs().max() <= 1
+
+
+def test_test_ae_evaluates_and_samples_a_latent_checkpoint(stages, tmp_path):
+    cfg = compose_config(
+        "test_ae",
+        [f"checkpoint={stages['stage_one']}", f"out_dir={tmp_path}/eval", "num_workers=0", "device=cpu", "batch_size=64",
+         "tasks=[bpd,iw_bpd,samples,class_samples,reconstructions]", "samples.n=8", "class_samples.n_per_class=1",
+         "class_samples.guidance=[1.5,3.0]", "iw_bpd.samples=4", "iw_bpd.n_images=16", "reconstructions.n=4", "reconstructions.k=[0,all]"],
+    )  # fmt: skip
+    metrics = evaluate(cfg)["metrics"]
+    assert "test_latent_bpd" in metrics and "test_bpd" not in metrics  # a density per latent dimension, named so
+    assert metrics["test_latent_iw_bpd"] < metrics["test_latent_elbo_bpd"]
+    # Reconstructions from every posterior group are closer to the images than prior samples (k = 0).
+    groups = load_stage_one(stages["stage_one"])[0].vae.num_groups
+    assert metrics[f"recon_mse_k{groups}"] < metrics["recon_mse_k0"]
+    assert len(list((tmp_path / "eval" / "class_samples").glob("*.png"))) == 10
+
+
+def test_a_refiner_trains_on_a_latent_stage_one_and_samples_from_its_checkpoint(stages):
+    refiner = train_refiner(tiny_refiner_config(stages["root"] / "ddpm", stages["stage_one"], "trainer.max_steps=3"))
+    system, _ = load_stage_two(refiner)
+    assert isinstance(system.stage_one, LatentSpaceModel)
+    y, x = system.eval().generate(2, {"name": "ddim", "steps": 2}, labels=torch.tensor([3, 4]), generator=torch.Generator().manual_seed(0))
+    assert y.shape == x.shape == (2, 1, 8, 8)
+
+
+def test_latent_space_without_an_autoencoder_is_a_clear_error(tmp_path):
+    cfg = compose_config("train_ae", [*LATENT_DIGITS, f"run_dir={tmp_path}", "name=t", "vae.autoencoder=null"])
+    with pytest.raises(UserError, match="needs vae.autoencoder"):
+        train_stage_one(cfg)
+    cfg = compose_config("train_ae", [*LATENT_DIGITS, f"run_dir={tmp_path}", "name=t", f"vae.autoencoder={tmp_path}/none.ckpt"])
+    with pytest.raises(UserError, match="train_autoencoder.py"):
+        train_stage_one(cfg)
