@@ -19,21 +19,26 @@ def load_checkpoint(path: str | Path, expected_stage: str) -> dict[str, Any]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist: pass the path of a .ckpt file written by training")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UserError(
-            f"checkpoint '{path}' holds objects other than tensors and plain data, so it was not loaded "
-            f"(loading it could run code): {str(err).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"checkpoint '{path}' is truncated or corrupt ({str(err).splitlines()[0]}): use an earlier checkpoint") from None
+    checkpoint = load_tensors_only(path, "checkpoint", "use an earlier checkpoint")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"'{path}' is not a checkpoint of this project (no state_dict): pass a .ckpt file written by training")
     stage = checkpoint.get("stage")
     if stage != expected_stage:
         raise UserError(f"checkpoint '{path}' is of stage {stage!r}, but this command needs a {expected_stage!r} checkpoint")
     return checkpoint
+
+
+def load_tensors_only(path: Path, what: str, fix_if_corrupt: str) -> Any:
+    """torch.load with weights_only: a file that would run code when unpickled, or a damaged one, is one clear line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{what} '{path}' holds objects other than tensors and plain data, so it was not loaded "
+            f"(loading it could run code): {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{what} '{path}' is truncated or corrupt ({str(err).splitlines()[0]}): {fix_if_corrupt}") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

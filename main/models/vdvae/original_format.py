@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import functools
 import itertools
-import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
 
 from main.models.vdvae.blocks import BlockSpec, parse_block_string, parse_widths
 from main.models.vdvae.vae import HierarchicalVAE
+from main.utils.checkpoint import load_tensors_only
 from main.utils.errors import UserError
 
 # VDVAE normalises encoder inputs as (x + shift) * scale with per-data-set constants (data.py); as our
@@ -121,15 +120,7 @@ def read_original(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"VDVAE weights '{path}' do not exist: pass the path of a *-model-ema.th or *-model.th file")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UserError(
-            f"'{path}' holds objects other than tensors and plain data, so it was not loaded (loading it could run code): "
-            f"{str(err).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"'{path}' is truncated or corrupt ({str(err).splitlines()[0]}): download it again") from None
+    loaded = load_tensors_only(path, "VDVAE weights", "download it again")
     if isinstance(loaded, dict) and "state_dict" in loaded:
         raise UserError(f"'{path}' is a checkpoint of this project, not VDVAE weights: use it as it is")
     if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
