@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule
 from main.evaluation import batch_generator, dataset_config, in_batches, pick_device
+from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import StageTwoSystem, load_stage_two, posterior_groups, to_uint8
@@ -49,7 +50,7 @@ Decode = Callable[[torch.Generator], torch.Tensor]  # generator -> stage-one ima
 HasAttribute = Callable[[torch.Tensor, int], torch.Tensor]  # (labels of a batch, index of its first image) -> bool [B]
 
 
-def load_stages(path: str | Path) -> tuple[HierarchicalVAE, StageTwoSystem | None, dict, dict]:
+def load_stages(path: str | Path) -> tuple[HierarchicalVAE | LatentSpaceModel, StageTwoSystem | None, dict, dict]:
     """(stage one, refiner or None, checkpoint, data set config) from a refiner or a stage-one checkpoint."""
     try:
         refiner, checkpoint = load_stage_two(path)
@@ -57,7 +58,7 @@ def load_stages(path: str | Path) -> tuple[HierarchicalVAE, StageTwoSystem | Non
         if "is of stage 'vae'" not in str(err):
             raise
         system, checkpoint = load_stage_one(path)
-        return system.ema_vae, None, checkpoint, checkpoint["hyper_parameters"]["data"]
+        return system.image_model, None, checkpoint, checkpoint["hyper_parameters"]["data"]
     if refiner.stage_one is None:
         raise UserError(f"'{path}' is the unconditional DDPM baseline: control needs stage one's latents (a refiner of a stage one)")
     return refiner.stage_one, refiner, checkpoint, refiner.hparams.data
@@ -161,7 +162,7 @@ def attribute_direction(
 ) -> tuple[list[torch.Tensor], int, int]:
     """(per top group, mean posterior latent at temperature 0 of the images with the attribute minus those without;
     how many have it; how many do not). batches: (uint8 images, labels) in order; has_attribute(labels, start) -> bool."""
-    device = vae.pixel_mean.device
+    device = next(vae.parameters()).device
     sums = [[torch.zeros(shape[1:], device=device) for shape in vae.latent_shapes(1)[:k]] for _ in range(2)]
     counts, start = [0, 0], 0
     for x, labels in batches:

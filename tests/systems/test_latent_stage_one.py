@@ -88,3 +88,16 @@ def test_latent_space_without_an_autoencoder_is_a_clear_error(tmp_path):
     cfg = compose_config("train_ae", [*LATENT_DIGITS, f"run_dir={tmp_path}", "name=t", f"vae.autoencoder={tmp_path}/none.ckpt"])
     with pytest.raises(UserError, match="train_autoencoder.py"):
         train_stage_one(cfg)
+
+
+def test_control_edits_a_latent_stage_one(stages, tmp_path):
+    """Attribute directions work on a latent stage one: strength 0 is the image's own decode, other strengths differ."""
+    from main.control import run
+
+    cfg = compose_config(
+        "control",
+        [f"checkpoint={stages['stage_one']}", f"out_dir={tmp_path}", "task=attribute", "n=2", "k=all", "device=cpu", "num_workers=0",
+         "attribute.n_images=100", "attribute.strengths=[0,3]", "attribute.lower=image"],
+    )  # fmt: skip
+    results, stage_one, _ = run(cfg)
+    assert stage_one.shape[-2:] == (8, 8) and results["metrics"]["stage_one_spread"] > 0
