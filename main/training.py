@@ -75,7 +75,8 @@ def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_
         datamodule = build_datamodule(cfg.dataset, batch_size=batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     last = checkpoint_dir / "last.ckpt"
-    if trainer.global_step > 0:  # also the updates after the last validation (max_steps or max_time mid-interval)
+    saved_step = getattr(trainer.checkpoint_callback, "_last_global_step_saved", -1)
+    if trainer.global_step > max(saved_step, 0):  # updates after the last validation (max_steps or max_time mid-interval)
         trainer.save_checkpoint(last)
     return last
 
