@@ -76,3 +76,16 @@ def random_inception_weights(path: Path) -> Path:
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
     torch.save(net.state_dict(), path)
     return path
+
+
+def user_error(fn, *args, **kwargs) -> str:
+    """Run fn, expecting a UserError with a one-line message; return the message."""
+    import pytest
+
+    from main.utils.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message

@@ -17,7 +17,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, compose_config
+from helpers import CONFIGS, ROOT, compose_config, user_error
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -36,7 +36,6 @@ from main.models.vdvae.original_format import (
 )
 from main.systems.stage_one import load_stage_one
 from main.test_ae import evaluate
-from main.utils.errors import UserError
 
 # VDVAE's hps.py (openai/vdvae@ea35b49): width, custom_width_str, enc_blocks, dec_blocks, num_mixtures, and the
 # parameter count its code reports for each.
@@ -119,14 +118,6 @@ def preset_model(preset: str) -> dict:
     return OmegaConf.to_container(compose_config("train_ae", [f"dataset={preset}", f"vae={preset}"]).vae.model, resolve=True)
 
 
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(UserError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
-
-
 # ---- names and shapes of the published presets -----------------------------------------------------------
 @pytest.mark.parametrize("preset", list(PUBLISHED))
 def test_every_published_preset_maps_onto_vdvaes_names_and_shapes(preset):
@@ -138,7 +129,7 @@ def test_every_published_preset_maps_onto_vdvaes_names_and_shapes(preset):
 
 def test_a_file_of_another_preset_is_refused_naming_the_preset_it_fits():
     imagenet32 = shapes_only(vdvae_shapes(*PUBLISHED["imagenet32"][:5]))
-    message = one_line_error(check_fits, imagenet32, preset_model("cifar10"), "i32.th", "cifar10")
+    message = user_error(check_fits, imagenet32, preset_model("cifar10"), "i32.th", "cifar10")
     assert message.startswith("'i32.th' does not fit VDVAE's cifar10 model: ")
     assert "tensors missing" not in message and "unexpected (e.g. decoder.dec_blocks.43.enc.c1.bias)" in message
     assert "of another shape (e.g. decoder.bias: [1, 512, 1, 1] in the file, [1, 384, 1, 1] here)" in message
@@ -189,7 +180,7 @@ def test_extra_encoder_blocks_at_an_ambiguous_resolution_ask_for_enc_blocks():
     """Blocks of width 512 with 3x3 kernels run at 128 to 4 px: the weights cannot say which."""
     width, custom, _, dec, mixtures, _ = PUBLISHED["ffhq1024"]
     released = shapes_only(vdvae_shapes(width, custom, FFHQ1024_ENC.replace("64x10,", "64x12,"), dec, mixtures))
-    message = one_line_error(fit_encoder_blocks, released, preset_model("ffhq1024"))
+    message = user_error(fit_encoder_blocks, released, preset_model("ffhq1024"))
     assert "56 encoder blocks of width 512" in message and "has 54, at resolutions [128, 64, 32, 16, 8, 4]" in message
     assert message.endswith("as overrides=[vae.model.enc_blocks=...]")
 
@@ -331,10 +322,10 @@ def test_ffhq1024_file_with_extra_encoder_blocks_imports_with_fitted_enc_blocks(
 
 # ---- refusals ---------------------------------------------------------------------------------------------
 def test_unreadable_files_are_refused_in_one_line(imported, tmp_path):
-    assert "do not exist" in one_line_error(read_original, tmp_path / "missing-model-ema.th")
+    assert "do not exist" in user_error(read_original, tmp_path / "missing-model-ema.th")
     truncated = tmp_path / "truncated.th"
     truncated.write_bytes((imported["dir"] / "tiny-model-ema.th").read_bytes()[:5000])
-    assert "is truncated or corrupt" in one_line_error(read_original, truncated)
+    assert "is truncated or corrupt" in user_error(read_original, truncated)
     marker = tmp_path / "code-ran"
 
     class RunsCode:
@@ -343,20 +334,20 @@ def test_unreadable_files_are_refused_in_one_line(imported, tmp_path):
 
     crafted = tmp_path / "crafted-model-ema.th"
     torch.save({"encoder.in_conv.weight": RunsCode()}, crafted)
-    assert "holds objects other than tensors" in one_line_error(read_original, crafted)
+    assert "holds objects other than tensors" in user_error(read_original, crafted)
     assert not marker.exists()
     torch.save({"state": {}, "param_groups": [{"lr": 1e-4}]}, tmp_path / "opt.th")
-    assert "not a VDVAE state dict" in one_line_error(read_original, tmp_path / "opt.th")
-    assert "is a checkpoint of this project" in one_line_error(read_original, imported["ckpt"])
+    assert "not a VDVAE state dict" in user_error(read_original, tmp_path / "opt.th")
+    assert "is a checkpoint of this project" in user_error(read_original, imported["ckpt"])
 
 
 def test_models_vdvae_cannot_express_are_refused():
     model = preset_model("ffhq256")
-    assert "5-bit model with levels spread over [-1, 1] is not VDVAE's" in one_line_error(check_convertible, model)
+    assert "5-bit model with levels spread over [-1, 1] is not VDVAE's" in user_error(check_convertible, model)
     check_convertible({**model, "level_grid": "floor"})  # VDVAE's 5-bit grid
-    assert "RGB images only" in one_line_error(check_convertible, {**model, "bits": 8, "channels": 1})
-    assert "unconditional" in one_line_error(check_convertible, {**model, "bits": 8, "num_classes": 10})
-    assert "gives 64 at the image size" in one_line_error(check_convertible, {**model, "bits": 8, "custom_widths": "256:64"})
+    assert "RGB images only" in user_error(check_convertible, {**model, "bits": 8, "channels": 1})
+    assert "unconditional" in user_error(check_convertible, {**model, "bits": 8, "num_classes": 10})
+    assert "gives 64 at the image size" in user_error(check_convertible, {**model, "bits": 8, "custom_widths": "256:64"})
     check_convertible({**model, "bits": 8})
 
 

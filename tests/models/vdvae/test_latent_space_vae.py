@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_vdvae_model import TINY, gen, tiny, user_error
+from helpers import user_error
+from test_vdvae_model import TINY, gen, tiny
 from torch.distributions import Normal
 
 from main.models.vdvae import HierarchicalVAE

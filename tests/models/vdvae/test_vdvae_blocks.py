@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import user_error
 
 from main.models.vdvae.blocks import (
     BlockSpec,
@@ -13,16 +14,6 @@ from main.models.vdvae.blocks import (
     parse_block_string,
     parse_widths,
 )
-from main.utils.errors import UserError
-
-
-def user_error(fn, *args):
-    """Run fn, expecting a UserError with a one-line message; return the message."""
-    with pytest.raises(UserError) as info:
-        fn(*args)
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
 
 
 # ---- parsing -------------------------------------------------------------------------------------------

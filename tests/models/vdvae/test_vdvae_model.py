@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import user_error
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -40,14 +41,6 @@ def images(n=3, channels=3, size=8, seed=0) -> torch.Tensor:
 
 def gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def user_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(UserError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert message and "\n" not in message
-    return message
 
 
 # ---- the negative ELBO -----------------------------------------------------------------------------------
