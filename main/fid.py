@@ -1,18 +1,18 @@
-"""FID (and on request KID, Inception Score, precision/recall) of generated images, with torch-fidelity.
+"""FID (and on request KID, Inception Score, precision/recall) of generated images, offline, with torch-fidelity's network and maths.
 
-    python main/fid.py outputs/run/samples cifar10-train
-    python main/fid.py samples.npz data/ref_pngs --metrics fid,kid,isc,prc --weights ~/weights-inception.pth
+    python main/fid.py outputs/run/samples.npz cifar10-test --data-root ../shared/data
+    python main/fid.py samples_folder data/ref_pngs --metrics fid,kid,isc,prc --weights ~/weights-inception.pth
 
-`samples`: a folder of images (PNG/JPEG, not recursive) or an .npz with `images` (N, H, W[, C]) uint8.
-`reference`: the same, or a data set split `<dataset>-<split>` (cifar10-train, cifar10-test, digits-test, ...)
-read through `main/configs/dataset/<dataset>.yaml` (`--data-root` sets its root; no flips).
-The reference's Inception features are cached in `--cache` under a name derived from the reference and the
-weights file, so later runs against it only process the samples. Writes the metrics to `--json`
+`samples` and `reference`: a folder of images (PNG/JPEG, not recursive), an .npz with `images` (N, H, W[, C]) uint8,
+or a data set split `<dataset>-<split>` (cifar10-train, cifar10-test, digits-test, ...) read through
+`main/configs/dataset/<dataset>.yaml` (`--data-root` sets its root; no flips). The network is the TF-2015 FID Inception
+(main/models/inception.py: offline by default, `--weights` for torch-fidelity's own file, which IS needs).
+Features are cached as verified .npz files in `--cache`, named after the images and the network, so later runs against
+the same reference only process the samples, and an interrupted extraction resumes. Writes the metrics to `--json`
 (default: fid.json next to the samples) with the results.json schema.
 
 `Scorer` and `load_reference` also serve the training-time callback (main/callbacks/fid_metrics.py) and
-test_ddpm.py's speed_quality task, so every FID in the project is computed the same way.
-"""
+test_ddpm.py's speed_quality task, so every FID in the project is computed the same way."""
 
 from __future__ import annotations
 
@@ -25,25 +25,23 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from main.models import inception
 from main.utils.errors import UserError, exit_on_user_error
+from main.utils.feature_cache import FeatureCache
+from main.utils.progress import progress_bar
 from main.utils.results import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET_CONFIGS = ROOT / "main" / "configs" / "dataset"
-FEATURE_EXTRACTOR = "inception-v3-compat"
-# What torch-fidelity downloads for inception-v3-compat (torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3).
-WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 METRICS = ("fid", "kid", "isc", "prc")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_CACHE = ROOT / "outputs" / "fid_cache"  # reference features, shared by fid.py, the training callback and speed_quality
@@ -177,6 +175,12 @@ def load_reference(reference: str, data_root: str | None = None, dataset_cfg=Non
     return load_dataset_split(reference, data_root)
 
 
+def torch_fidelity_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch-fidelity")
+
+
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -187,62 +191,11 @@ def _path_cache_name(path: Path, images: RGBImages) -> str:
     return f"{path.stem or 'reference'}-{_digest(f'{path.resolve()}|{len(images)}|{stat.st_mtime_ns}')}"
 
 
-# ---------------------------------------------------------------- Inception weights
-
-
-def _fetch_hint() -> str:
-    return f"download {WEIGHTS_URL} and pass it with --weights <file> (or put it in {default_weights_path().parent}/)"
-
-
-def default_weights_path() -> Path:
-    """Where torch-fidelity's own download lands (torch hub's checkpoint folder)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(WEIGHTS_URL)
-
-
-def resolve_weights(weights: str | None) -> Path:
-    """A checked local weights file: the given one, or torch hub's copy (downloaded now if missing and online)."""
-    if weights is None:
-        path = default_weights_path()
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            previous = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(30)
-            try:
-                print(f"downloading the Inception weights to {path} ...", file=sys.stderr)
-                torch.hub.download_url_to_file(WEIGHTS_URL, str(path), progress=False)
-            except Exception as err:  # offline, proxy, DNS, HTTP errors: all mean the same fix
-                raise UserError(f"cannot download the Inception weights ({type(err).__name__}): {_fetch_hint()}") from None
-            finally:
-                socket.setdefaulttimeout(previous)
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise UserError(f"Inception weights file '{path}' does not exist: {_fetch_hint()}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        ok = isinstance(state, dict) and tuple(state["fc.weight"].shape) == (1008, 2048)
-    except Exception:  # truncated download, wrong file
-        ok = False
-    if not ok:
-        raise UserError(f"'{path}' is not torch-fidelity's {FEATURE_EXTRACTOR} weights file (corrupt or wrong file): {_fetch_hint()}")
-    return path
-
-
-def weights_tag(path: Path) -> str:
-    """A short fingerprint of the weights file, so cached features of different weights never mix."""
-    digest = hashlib.sha1(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        digest.update(f.read())
-    return digest.hexdigest()[:8]
-
-
 # ---------------------------------------------------------------- metrics
 
 
 def parse_metrics(value: str | list[str], setting: str = "--metrics") -> list[str]:
-    """'fid,kid' or ['fid', 'kid'] -> checked torch-fidelity metric names ('is' is accepted for 'isc')."""
+    """'fid,kid' or ['fid', 'kid'] -> checked metric names ('is' is accepted for 'isc')."""
     names = [m.strip().lower() for m in (value.split(",") if isinstance(value, str) else value) if m.strip()]
     names = ["isc" if m == "is" else m for m in names]
     unknown = [m for m in names if m not in METRICS]
@@ -264,9 +217,11 @@ def check_pair(samples: RGBImages, reference: RGBImages) -> None:
 
 
 class Scorer:
-    """torch-fidelity's metrics of image sets against one reference: weights checked once, reference features cached on disk.
+    """FID (and KID, IS, precision/recall) of image sets against one reference, with torch-fidelity's network and maths.
 
-    What fid.py, the training-time callback and test_ddpm.py's speed_quality task share, so their numbers agree.
+    We extract the features ourselves and cache the reference's in a FeatureCache (never through torch-fidelity's
+    cache, which unpickles whatever file sits under a predictable name). What fid.py, the training-time callback
+    and test_ddpm.py's speed_quality task share, so their numbers agree.
     """
 
     def __init__(
@@ -281,37 +236,82 @@ class Scorer:
         kid_subsets: int = 100,
         verbose: bool = False,
     ):
-        self.reference, self.metrics, self.cache = reference, metrics, Path(cache).expanduser()
-        self.weights = resolve_weights(weights)
-        self.cache_name = f"{reference_name}-w{weights_tag(self.weights)}"
+        self.reference, self.metrics = reference, metrics
+        self.weights = inception.resolve_weights(weights)
+        state = inception.load_weights(self.weights)
+        if "isc" in metrics and not inception.has_classifier(state):
+            raise UserError(
+                "the Inception Score needs the network's 1008-class head, which the offline FID network does not have: "
+                f"pass torch-fidelity's own weights with --weights <file> ({inception.WEIGHTS_URL})"
+            )
+        self.layers = [inception.FEATURES] + ([inception.LOGITS] if "isc" in metrics else [])
+        with torch.random.fork_rng(devices=[]):  # the network is built with random init first: keep the caller's stream
+            self.network = inception.InceptionV3(state, self.layers)
+        self.cache = FeatureCache(cache)
+        self.reference_name = reference_name
+        self.network_key = {
+            "network": inception.NAME,
+            "weights_sha1": inception.sha1_of(self.weights),
+            "torch_fidelity": torch_fidelity_version(),
+        }
         self.batch_size, self.kid_subset_size, self.kid_subsets, self.verbose = batch_size, kid_subset_size, kid_subsets, verbose
 
-    def __call__(self, samples: RGBImages | torch.Tensor, cuda: bool = False) -> dict:
-        """Metrics under our names (fid, kid_mean, kid_std, ...; kid_subset_size with kid). samples: or uint8 [N, C, H, W]."""
-        import torch_fidelity
+    def features(self, images: RGBImages, device: torch.device, what: str) -> dict[str, np.ndarray]:
+        """The network's outputs for every image, in order, with a progress bar."""
+        self.network.to(device)
+        # batches by hand: a DataLoader's iterator draws a seed from the global RNG, which the caller's training owns
+        starts = range(0, len(images), self.batch_size)
+        batches = (torch.stack([images[i] for i in range(s, min(s + self.batch_size, len(images)))]) for s in starts)
+        outputs: dict[str, list[np.ndarray]] = {layer: [] for layer in self.layers}
+        with torch.no_grad(), progress_bar(len(images), f"Inception features of {what}", self.verbose) as bar:
+            for batch in batches:
+                for layer, value in zip(self.layers, self.network(batch.to(device)), strict=True):
+                    outputs[layer].append(value.float().cpu().numpy())
+                bar.update(len(batch))
+        return {layer: np.concatenate(values) for layer, values in outputs.items()}
+
+    def cached_features(self, images: RGBImages, name: str, device: torch.device) -> dict[str, np.ndarray]:
+        """Features of a named image set (a data split or a file) from the cache, extracted in resumable chunks on a miss."""
+        key = self.network_key | {"images": name, "n": len(images)}
+        return self.cache.get_or_build(
+            f"{name}-{_digest(json.dumps(key, sort_keys=True))}",
+            key,
+            self.layers,
+            len(images),
+            lambda indices: self.features(Subset(images, indices), device, f"{images.describe} [{indices[0]}:{indices[-1] + 1}]"),
+        )
+
+    def __call__(self, samples: RGBImages | torch.Tensor, cuda: bool = False, samples_name: str | None = None) -> dict:
+        """Metrics under our names (fid, kid_mean, kid_std, ...; kid_subset_size with kid). samples: or uint8 [N, C, H, W].
+
+        ``samples_name`` (a name that changes when the images do) caches the samples' features too.
+        """
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.metric_isc import isc_features_to_metric
+        from torch_fidelity.metric_kid import kid_features_to_metric
+        from torch_fidelity.metric_prc import prc_features_to_metric
 
         if isinstance(samples, torch.Tensor):
             samples = RGBImages(samples.cpu(), samples.shape[1], f"{len(samples)} generated images")
         check_pair(samples, self.reference)
+        device = torch.device("cuda" if cuda else "cpu")
+        real = self.cached_features(self.reference, self.reference_name, device)
+        fake = self.cached_features(samples, samples_name, device) if samples_name else self.features(samples, device, samples.describe)
+        real, fake = ({k: torch.from_numpy(v) for k, v in features.items()} for features in (real, fake))
+        feats_fake, feats_real = fake[inception.FEATURES], real[inception.FEATURES]
+        raw: dict = {}
+        if "fid" in self.metrics:
+            stats = fid_features_to_statistics(feats_fake), fid_features_to_statistics(feats_real)
+            raw |= fid_statistics_to_metric(*stats, verbose=False)
         kid_subset_size = min(self.kid_subset_size, len(samples), len(self.reference))
-        # torch-fidelity builds Inception with random init before loading the weights: keep the caller's random stream
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else []):
-            raw = torch_fidelity.calculate_metrics(
-                input1=samples,
-                input2=self.reference,
-                cuda=cuda,
-                batch_size=self.batch_size,
-                feature_extractor=FEATURE_EXTRACTOR,  # also for prc (torch-fidelity's default there is VGG16, a second download)
-                feature_extractor_weights_path=str(self.weights),
-                cache_root=str(self.cache),
-                input2_cache_name=self.cache_name,
-                kid_subset_size=kid_subset_size,
-                kid_subsets=self.kid_subsets,
-                isc_splits=min(10, len(samples)),
-                save_cpu_ram=not cuda,  # no DataLoader workers competing with the CPU threads
-                verbose=self.verbose,
-                **{m: True for m in self.metrics},
+        if "kid" in self.metrics:
+            raw |= kid_features_to_metric(
+                feats_fake, feats_real, kid_subsets=self.kid_subsets, kid_subset_size=kid_subset_size, verbose=False
             )
+        if "isc" in self.metrics:
+            raw |= isc_features_to_metric(fake[inception.LOGITS], splits=min(10, len(samples)))
+        if "prc" in self.metrics:
+            raw |= prc_features_to_metric(feats_fake, feats_real, save_cpu_ram=not cuda, verbose=False)
         metrics: dict = {KEYS.get(k, k): float(v) for k, v in raw.items()}
         if "kid" in self.metrics:
             metrics["kid_subset_size"] = kid_subset_size
@@ -323,22 +323,30 @@ def compute(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     metrics_wanted = parse_metrics(args.metrics)
     samples_path = Path(args.samples).expanduser()
-    samples = load_path(samples_path, "samples")
+    samples, samples_name = load_reference(args.samples, args.data_root)
     reference, ref_name = load_reference(args.reference, args.data_root)
     check_pair(samples, reference)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available: use --device cpu")
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     scorer = Scorer(
-        reference, ref_name, metrics_wanted, args.weights, args.cache, args.batch_size, args.kid_subset_size, args.kid_subsets, args.verbose
+        reference,
+        ref_name,
+        metrics_wanted,
+        args.weights,
+        args.cache,
+        args.batch_size,
+        args.kid_subset_size,
+        args.kid_subsets,
+        not args.quiet,
     )
     setup_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    metrics = scorer(samples, cuda)
+    metrics = scorer(samples, cuda, samples_name)
     seconds = time.perf_counter() - start
     n_samples = len(samples)
-    metrics.update(n_samples=n_samples, n_reference=len(reference), reference=args.reference, feature_extractor=FEATURE_EXTRACTOR)
+    metrics.update(n_samples=n_samples, n_reference=len(reference), reference=args.reference, feature_extractor=inception.NAME)
     notes = []
     if n_samples < FULL_COUNT:
         notes.append(SMALL_NOTE)
@@ -351,7 +359,7 @@ def compute(args: argparse.Namespace) -> dict:
 
     json_path = Path(args.json).expanduser() if args.json else samples_path.parent / "fid.json"
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["weights_used"], config["cache_name"] = str(scorer.weights), scorer.cache_name
+    config["weights_used"] = str(scorer.weights)
     results = write_results(json_path, task="fid", config=config, checkpoint=None, metrics=metrics, timings=timings)
     for key, value in metrics.items():
         if isinstance(value, float):
@@ -368,7 +376,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("samples", help="folder of generated images, or .npz with 'images' (N, H, W[, C]) uint8")
     parser.add_argument("reference", help="folder, .npz, or a data set split <dataset>-<split> (e.g. cifar10-train)")
     parser.add_argument("--metrics", default="fid", help="comma-separated: fid,kid,isc,prc (default: fid)")
-    parser.add_argument("--weights", default=None, help=f"local Inception weights file (offline machines): {WEIGHTS_URL}")
+    parser.add_argument(
+        "--weights", default=None, help=f"torch-fidelity's Inception weights file ({inception.WEIGHTS_URL}); default: the offline network"
+    )
     parser.add_argument("--json", default=None, help="output JSON (default: fid.json next to the samples)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -376,7 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", default=None, help="dataset.root for a <dataset>-<split> reference")
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (capped at the image counts)")
     parser.add_argument("--kid-subsets", type=int, default=100)
-    parser.add_argument("--verbose", action="store_true", help="torch-fidelity's progress output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.kid_subset_size < 2 or args.kid_subsets < 1:
         parser.error("--batch-size and --kid-subsets must be >= 1, --kid-subset-size >= 2")
