@@ -104,7 +104,7 @@ def test_latent_space_model_speaks_images(cache):
 
 
 @pytest.fixture
-def test_split_cache(tmp_path):
+def damageable_cache(tmp_path):
     """A fresh cache of the digits test split alone (cheap to damage), with the latents encoded directly."""
     images = build_datamodule(digits_cfg(flip=False), batch_size=64)
     cache = LatentCache(tmp_path / "cache", images, autoencoder()).build(["test"])
@@ -145,8 +145,8 @@ def damage(cache: LatentCache, how: str) -> None:
         "labels of another shape, manifest to match",
     ],
 )
-def test_a_damaged_or_mismatched_split_is_encoded_again_into_fresh_files(test_split_cache, how):
-    cache, expected = test_split_cache
+def test_a_damaged_or_mismatched_split_is_encoded_again_into_fresh_files(damageable_cache, how):
+    cache, expected = damageable_cache
     latents_path = cache.paths("test")[0]
     inode = latents_path.stat().st_ino
     damage(cache, how)
@@ -167,8 +167,8 @@ class WritesMarker:
         return open, (self.marker, "w")
 
 
-def test_a_planted_object_array_never_runs_code(test_split_cache, tmp_path):
-    cache, expected = test_split_cache
+def test_a_planted_object_array_never_runs_code(damageable_cache, tmp_path):
+    cache, expected = damageable_cache
     marker = tmp_path / "code_ran"
     latents_path, labels_path, manifest_path = cache.paths("test")
     manifest = json.loads(manifest_path.read_text())
