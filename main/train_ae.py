@@ -49,10 +49,11 @@ def train(cfg: DictConfig) -> Path:
         return fit(cfg, build_system(cfg), build_trainer(cfg), cfg.vae.batch_size)
     if cfg.vae.space != "latent":
         raise UserError(f"vae.space={cfg.vae.space} is not a space: use pixel or latent")
-    model, spec, autoencoder, latents = prepare_latent_space(cfg, cfg.vae.batch_size)
+    trainer = build_trainer(cfg)
+    model, spec, autoencoder, latents = prepare_latent_space(cfg, cfg.vae.batch_size, device=trainer.strategy.root_device)
     system = build_system(cfg, model, spec)
     system.autoencoder.load_state_dict(autoencoder.state_dict())  # the checkpoint carries the autoencoder's weights
-    return fit(cfg, system, build_trainer(cfg), cfg.vae.batch_size, datamodule=latents)
+    return fit(cfg, system, trainer, cfg.vae.batch_size, datamodule=latents)
 
 
 @hydra.main(config_path="configs", config_name="train_ae", version_base="1.3")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from main.datasets import build_datamodule
 from main.datasets.latents import LatentCache, LatentDataModule
-from main.evaluation import pick_device
 from main.models.autoencoder import DiffusersAutoencoder, autoencoder_spec
 from main.systems.autoencoder import load_autoencoder
 from main.utils.config import plain
@@ -33,8 +33,13 @@ def load_autoencoder_source(source: str | None) -> nn.Module:
     return autoencoder.eval().requires_grad_(False)
 
 
-def prepare_latent_space(cfg: DictConfig, batch_size: int) -> tuple[dict, dict, nn.Module, LatentDataModule]:
-    """(VAE kwargs at latent resolution, autoencoder spec, autoencoder, data module of cached latents)."""
+def prepare_latent_space(
+    cfg: DictConfig, batch_size: int, device: torch.device | str = "cpu"
+) -> tuple[dict, dict, nn.Module, LatentDataModule]:
+    """(VAE kwargs at latent resolution, autoencoder spec, autoencoder, data module of cached latents).
+
+    Latents not cached yet are encoded on ``device``: the run's own (the Trainer's root device), not a guess.
+    """
     autoencoder = load_autoencoder_source(cfg.vae.autoencoder)
     data = cfg.dataset
     factor = autoencoder.downsample_factor
@@ -44,8 +49,7 @@ def prepare_latent_space(cfg: DictConfig, batch_size: int) -> tuple[dict, dict, 
             f"but {data.name} has {data.channels} channels at {data.image_size} px: use an autoencoder trained on this data set"
         )
     images = build_datamodule(data, batch_size=batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
-    cache = LatentCache(cfg.vae.latent_cache, data.name, autoencoder)
-    cache.build(images, batch_size=max(batch_size, 64), device=pick_device("auto"))
+    cache = LatentCache(cfg.vae.latent_cache, images, autoencoder, device=device, batch_size=max(batch_size, 64)).build()
     shift, scale = cache.statistics()
     model = {
         **plain(cfg.vae.model),

@@ -3,6 +3,8 @@ scale; the data module serving latents; and the image-level view of a latent-spa
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,7 @@ def autoencoder(seed=0) -> KLAutoencoder:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     images = build_datamodule(digits_cfg(), batch_size=64)
-    return LatentCache(tmp_path_factory.mktemp("cache"), "digits", autoencoder()).build(images, batch_size=100), images
+    return LatentCache(tmp_path_factory.mktemp("cache"), images, autoencoder(), batch_size=100).build(), images
 
 
 def test_cached_split_round_trips_to_the_direct_encoding(cache):
@@ -66,9 +68,9 @@ def test_shift_and_scale_are_measured_on_the_train_latents(cache):
 def test_a_second_build_reuses_the_cache_and_another_autoencoder_gets_its_own(cache, tmp_path):
     cache, images = cache
     stamp = cache.paths("train")[0].stat().st_mtime_ns
-    cache.build(images)
+    cache.build()
     assert cache.paths("train")[0].stat().st_mtime_ns == stamp
-    assert LatentCache(cache.folder.parent, "digits", autoencoder(seed=1)).folder != cache.folder
+    assert LatentCache(cache.folder.parent, images, autoencoder(seed=1)).folder != cache.folder
 
 
 def test_latent_data_module_serves_float_latent_batches(cache):
@@ -99,3 +101,85 @@ def test_latent_space_model_speaks_images(cache):
         torch.manual_seed(0)
         assert torch.equal(elbo, vae(encode_images(cache.autoencoder, x)).loss)  # the ELBO of the images' latents
     assert torch.isfinite(elbo).all()
+
+
+@pytest.fixture
+def damageable_cache(tmp_path):
+    """A fresh cache of the digits test split alone (cheap to damage), with the latents encoded directly."""
+    images = build_datamodule(digits_cfg(flip=False), batch_size=64)
+    cache = LatentCache(tmp_path / "cache", images, autoencoder()).build(["test"])
+    test = images.split("test")
+    expected = encode_images(cache.autoencoder, torch.stack([test[i][0] for i in range(len(test))]))
+    return cache, expected
+
+
+def damage(cache: LatentCache, how: str) -> None:
+    latents, labels, manifest = cache.paths("test")
+    if how == "manifest of another key":
+        text = json.loads(manifest.read_text())
+        text["key"]["data"]["flip"] = True  # arrays untouched: only the key they claim differs
+        manifest.write_text(json.dumps(text))
+    elif how == "manifest not json":
+        manifest.write_text("{not json")
+    elif how == "truncated latents":
+        latents.write_bytes(latents.read_bytes()[:-100])
+    elif how == "garbage latents":
+        latents.write_bytes(b"\x93NUMPY garbage" * 10)
+    elif how == "missing labels":
+        labels.unlink()
+    elif how == "labels of another shape, manifest to match":  # a planted file the manifest vouches for, of the wrong count
+        np.save(labels, np.zeros(3, dtype=np.int64))
+        text = json.loads(manifest.read_text())
+        text["labels"] |= {"shape": [3], "bytes": labels.stat().st_size}
+        manifest.write_text(json.dumps(text))
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "manifest of another key",
+        "manifest not json",
+        "truncated latents",
+        "garbage latents",
+        "missing labels",
+        "labels of another shape, manifest to match",
+    ],
+)
+def test_a_damaged_or_mismatched_split_is_encoded_again_into_fresh_files(damageable_cache, how):
+    cache, expected = damageable_cache
+    latents_path = cache.paths("test")[0]
+    inode = latents_path.stat().st_ino
+    damage(cache, how)
+    cached = cache.split("test")
+    torch.testing.assert_close(torch.stack([cached[i][0] for i in range(len(cached))]), expected)
+    assert latents_path.stat().st_ino != inode  # a new file renamed into place, not the old one written over
+    assert json.loads(cache.paths("test")[2].read_text())["key"] == json.loads(json.dumps(cache.key))
+    assert sorted(p.name for p in cache.folder.iterdir()) == ["test_labels.npy", "test_latents.npy", "test_manifest.json"]
+
+
+class WritesMarker:
+    """Unpickling this creates the marker file: the code a planted .npy would run if loaded with pickle."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_planted_object_array_never_runs_code(damageable_cache, tmp_path):
+    cache, expected = damageable_cache
+    marker = tmp_path / "code_ran"
+    latents_path, labels_path, manifest_path = cache.paths("test")
+    manifest = json.loads(manifest_path.read_text())
+    for name, path in (("latents", latents_path), ("labels", labels_path)):
+        np.save(path, np.array([WritesMarker(marker)], dtype=object), allow_pickle=True)
+        manifest[name] = {"shape": [1], "dtype": "object", "bytes": path.stat().st_size}  # the manifest vouches for the plant
+    manifest_path.write_text(json.dumps(manifest))
+    bait = tmp_path / "bait.npy"
+    bait.write_bytes(latents_path.read_bytes())
+    cached = cache.split("test")
+    assert not marker.exists()
+    torch.testing.assert_close(torch.stack([cached[i][0] for i in range(len(cached))]), expected)
+    np.load(bait, allow_pickle=True)  # the bait is live: loading it with pickle does run its code
+    assert marker.exists()
