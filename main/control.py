@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule
-from main.evaluation import batch_generator, dataset_config, in_batches, pick_device
+from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 from main.systems.stage_one import load_stage_one
@@ -133,7 +133,12 @@ def read_attribute(path: str, column, n: int) -> torch.Tensor:
     if not file.is_file():
         raise UserError(f"attributes_file '{file}' does not exist: pass a CSV (header row) or .npy of 0/1 values, one row per image")
     if file.suffix == ".npy":
-        values = np.load(file, allow_pickle=False)
+        try:
+            values = np.load(file, allow_pickle=False)  # object arrays are refused: unpickling them could run code
+        except (ValueError, OSError, EOFError) as err:
+            raise UserError(f"cannot read '{file}' ({err}): save the attributes with np.save as numbers, [N] or [N, A]") from None
+        if values.ndim not in (1, 2) or not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+            raise UserError(f"'{file}' holds a {values.ndim}-D {values.dtype} array: save 0/1 numbers as [N] or [N, A]")
         values = values[:, None] if values.ndim == 1 else values
         if not isinstance(column, int) or not 0 <= column < values.shape[1]:
             raise UserError(f"attribute={column!r}: an .npy file's columns are chosen by index, 0..{values.shape[1] - 1}")
@@ -265,6 +270,7 @@ def run(cfg: DictConfig) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     """Run cfg.task: (what results.json holds, uint8 stage-one images [N, S, C, H, W], their refinements or None)."""
     if cfg.task not in TASKS:
         raise UserError(f"unknown task {cfg.task!r}: choose from {list(TASKS)}")
+    check_counts(cfg, "n", "batch_size", *(["attribute.n_images"] if cfg.task == "attribute" else []), nullable=("attribute.n_images",))
     device = pick_device(cfg.device)
     vae, refiner, checkpoint, data = load_stages(cfg.checkpoint)
     vae, refiner = vae.to(device).eval(), refiner.to(device).eval() if refiner is not None else None

@@ -9,7 +9,7 @@ every rank has finished (it is written as ``.<name>.partial`` first).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.io import decode_png, read_file
 
+from main.utils.errors import UserError
 from main.utils.image_io import check_writable, finish_staging, save_pngs, start_staging
 
 OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(Path(ckpt).parent.parent), replace=True)
@@ -29,9 +30,29 @@ def dataset_config(trained, overrides) -> DictConfig:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device of a ``device=`` setting: auto (cuda if available), cpu, cuda, cuda:1, ... that this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:<index>") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise UserError(f"device={name} is not on this machine, which has {count} CUDA device(s): use device=auto or device=cpu")
+    return device
+
+
+def check_counts(cfg: DictConfig, *keys: str, nullable: Sequence[str] = ()) -> None:
+    """Refuse in one line a count below 1 (images, batch size, draws) that would fail deep inside or write nothing;
+    keys in ``nullable`` may be null too (all)."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is None and key in nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            also = " or null (all)" if key in nullable else ""
+            raise UserError(f"{key}={value} is not valid: use a positive whole number{also}")
 
 
 def batch_generator(seed: int, start: int, device) -> torch.Generator:

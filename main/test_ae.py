@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule
-from main.evaluation import batch_generator, dataset_config, generate_to, pick_device
+from main.evaluation import batch_generator, check_counts, dataset_config, generate_to, pick_device
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 from main.plots import plot_kl_per_group
@@ -34,6 +34,12 @@ from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, 
 from main.utils.results import write_results
 
 TASKS = ("bpd", "iw_bpd", "samples", "class_samples", "reconstructions")
+COUNTS = {  # the counts each task reads (check_counts)
+    "iw_bpd": ("iw_bpd.samples", "iw_bpd.n_images"),
+    "samples": ("samples.n",),
+    "class_samples": ("class_samples.n_per_class",),
+    "reconstructions": ("reconstructions.n",),
+}
 
 
 def test_bpd(system, data_cfg, cfg) -> tuple[dict, dict]:
@@ -96,6 +102,9 @@ def evaluate(cfg: DictConfig) -> dict:
     unknown = set(cfg.tasks) - set(TASKS)
     if unknown:
         raise UserError(f"unknown tasks {sorted(unknown)}: choose from {list(TASKS)}")
+    check_counts(cfg, "batch_size", *(key for task in cfg.tasks for key in COUNTS.get(task, ())), nullable=("iw_bpd.n_images",))
+    if cfg.bpd.split not in ("test", "val"):
+        raise UserError(f"bpd.split={cfg.bpd.split!r}: use test or val")
     system, checkpoint = load_stage_one(cfg.checkpoint)
     out_dir = Path(cfg.out_dir)
     if (out_dir / "results.json").exists():
@@ -188,7 +197,10 @@ def reconstructions(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, out_
     x = torch.stack([img for img, _ in items]).to(device)
     labels = torch.tensor([int(lbl) for _, lbl in items], device=device)
     vae.check_images(x)
-    ks = [vae.num_groups if k == "all" else int(k) for k in r.k]
+    try:
+        ks = [vae.num_groups if k == "all" else int(k) for k in r.k]
+    except (TypeError, ValueError):
+        raise UserError(f"reconstructions.k={plain(r.k)}: use a list of group counts 0..{vae.num_groups} or all, e.g. [0,1,all]") from None
     rows, metrics = [x.cpu()], {}
     with staged_folder(out_dir / "reconstructions", cfg.overwrite) as staging:
         for k in ks:

@@ -26,7 +26,7 @@ from lightning.fabric import Fabric
 from omegaconf import DictConfig
 
 from main.datasets import build_datamodule
-from main.evaluation import Shard, batch_generator, dataset_config, generate_to
+from main.evaluation import Shard, batch_generator, check_counts, dataset_config, generate_to
 from main.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
 from main.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two, to_uint8
@@ -36,6 +36,13 @@ from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, 
 from main.utils.results import write_results
 
 TASKS = ("samples", "class_samples", "reconstructions", "interpolation", "speed_quality")
+COUNTS = {  # the counts each task reads (check_counts)
+    "samples": "samples.n",
+    "class_samples": "class_samples.n_per_class",
+    "reconstructions": "reconstructions.n",
+    "interpolation": "interpolation.pairs",
+    "speed_quality": "speed_quality.n",
+}
 PLOTTED = {"fid": "fid", "kid": "kid_mean", "isc": "is_mean", "prc": "precision"}  # the value speed_quality.png shows per metric
 
 
@@ -203,7 +210,10 @@ def interpolation(system: StageTwoSystem, cfg, out_dir: Path) -> None:
 def launch(cfg: DictConfig) -> tuple[torch.device, Shard]:
     """Start one process per device (Lightning Fabric; also under SLURM or torchrun) and return this rank's device and shard."""
     strategy = "ddp" if cfg.devices != 1 or cfg.num_nodes != 1 else "auto"
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy)
+    try:
+        fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy)
+    except (ValueError, ModuleNotFoundError) as err:  # devices this machine does not have, an accelerator it cannot run
+        raise UserError(f"accelerator={cfg.accelerator} devices={cfg.devices}: {str(err).splitlines()[0]}") from None
     fabric.launch()
     return fabric.device, Shard(fabric.global_rank, fabric.world_size, fabric.barrier)
 
@@ -213,6 +223,7 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
     unknown = set(cfg.tasks) - set(TASKS)
     if unknown:
         raise UserError(f"unknown tasks {sorted(unknown)}: choose from {list(TASKS)}")
+    check_counts(cfg, "batch_size", *(COUNTS[task] for task in cfg.tasks))
     shard = shard or Shard()
     system, checkpoint = load_stage_two(cfg.checkpoint)
     system = system.to(device or torch.device("cpu")).eval()

@@ -17,10 +17,11 @@ if [ ! -f "$stamp" ]; then
 fi
 PY="$PWD/.venv/bin/python"
 
-# need_checkpoint <usage> "$@": stop with the usage line unless the first argument is a checkpoint path (not an override).
+# need_checkpoint <usage> "$@": stop with the usage line unless the first argument is a checkpoint path: an existing
+# file (any name: the entry points quote paths Hydra would misread), or anything that is not an override (key=value).
 need_checkpoint() {
   local usage="$1"; shift
-  if [ $# -lt 1 ] || [[ "$1" == *=* ]]; then
+  if [ $# -lt 1 ] || { [[ "$1" == *=* ]] && [ ! -f "$1" ]; }; then
     echo "usage: $usage" >&2
     exit 2
   fi

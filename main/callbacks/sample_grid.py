@@ -14,12 +14,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
 from main.callbacks import log_image
+from main.utils.errors import UserError
 from main.utils.image_io import grid_image
 
 
 class SampleGrid(pl.Callback):
     def __init__(self, out_dir: str | Path, every_n_steps: int, n: int = 64, seed: int = 0, **sample_kwargs):
-        """sample_kwargs go to the system's sample_grid_images (temperature for stage one, sampler for stage two)."""
+        """sample_kwargs go to the system's sample_grid_images (temperature for stage one, sampler for stage two);
+        every_n_steps and n are the run's samples.every_n_steps and samples.n."""
+        if every_n_steps and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise UserError(f"samples.n={n} is not valid: use a positive number of images, or samples.every_n_steps=0 for no grids")
         self.out_dir = Path(out_dir)
         self.every_n_steps = every_n_steps
         self.n = n

@@ -56,7 +56,9 @@ def check_images(shape: tuple[int, ...], cfg: DatasetConfig, source: str) -> Non
     if h != cfg.image_size:
         raise UserError(f"{source}: images are {h}x{w} but dataset.image_size={cfg.image_size}: set dataset.image_size={h}")
     if c != cfg.channels:
-        raise UserError(f"{source}: images have {c} channel(s) but dataset.channels={cfg.channels}: set dataset.channels={c}")
+        # only 1 and 3 channels are models' inputs: other counts (RGBA, gray + alpha) are converted, not configured
+        fix = f"set dataset.channels={c}" if c in (1, 3) else "save them as RGB or grayscale, e.g. without alpha: images[..., :3]"
+        raise UserError(f"{source}: images have {c} channel(s) but dataset.channels={cfg.channels}: {fix}")
 
 
 def rgb_side(row_length: int, source: str) -> int:

@@ -81,9 +81,12 @@ class ImageDataModule(pl.LightningDataModule):
 
     def split(self, name: str) -> Dataset:
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+            raise UserError(f"unknown split {name!r}: use {', '.join(SPLITS[:-1])} or {SPLITS[-1]}")
         if name not in self._splits:
             dataset = self.source.split(name)
+            if len(dataset) == 0:  # caught here, not as an IndexError in evaluation or a run that never validates
+                fix = "add images" if name == "train" else f"set dataset.{name}_size to at least 1 image or add images"
+                raise UserError(f"the {name} split of '{self.config.name}' has no images: {fix}")
             self._splits[name] = MirrorPairs(dataset) if name == "train" and self.config.flip else dataset
         return self._splits[name]
 

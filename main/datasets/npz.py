@@ -78,5 +78,12 @@ class NpzSource:
         return Subset(pool, self._held_out(len(pool), test=False)[name].tolist())
 
     def _held_out(self, total: int, test: bool) -> dict[str, np.ndarray]:
+        """Indices of the splits drawn from `total` images; refused when a held-out split would be empty (evaluation needs it)."""
         val = split_count(self.cfg.val_size, total, "val_size")
-        return fixed_split(total, val=val, test=split_count(self.cfg.test_size, total, "test_size") if test else 0)
+        splits = fixed_split(total, val=val, test=split_count(self.cfg.test_size, total, "test_size") if test else 0)
+        held_out = ("val", "test") if test else ("val",)
+        if empty := [name for name in held_out if len(splits[name]) == 0]:
+            sizes = ", ".join(f"{len(splits[name])} {name}" for name in ("train", *held_out))
+            fix = " ".join(f"dataset.{name}_size=1" for name in empty)
+            raise UserError(f"'{self.cfg.root}' has {total} images, split into {sizes}: set {fix} (a count of images) or add images")
+        return splits

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def read_array(path: Path, key: str, mmap: bool = False) -> np.ndarray | None:
                     return mapped
             with archive.open(info) as member:
                 return np.lib.format.read_array(member, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as err:  # zlib: a corrupt compressed stream
         raise UserError(f"cannot read array '{key}' of '{path}' ({err}): replace it with a valid .npz file") from None
 
 

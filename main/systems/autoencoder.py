@@ -9,7 +9,7 @@ import torch
 
 from main.datasets.latents import to_unit_range
 from main.models.autoencoder import KLAutoencoder
-from main.systems.common import ResumableSystem, adamw_with_warmup
+from main.systems.common import ResumableSystem, adamw_with_warmup, check_optim
 
 
 class AutoencoderSystem(ResumableSystem):
@@ -18,6 +18,7 @@ class AutoencoderSystem(ResumableSystem):
     def __init__(self, model: dict, optim: dict, data: dict):
         """model: KLAutoencoder kwargs; optim: lr, betas, weight_decay, warmup_steps, grad_clip, kl_weight; data: the data set config."""
         super().__init__()
+        check_optim(optim, "autoencoder.optim")
         self.save_hyperparameters()
         self.autoencoder = KLAutoencoder(**model)
 

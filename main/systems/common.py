@@ -29,6 +29,27 @@ def ema_update(rate: float, warmup: bool):
     return update
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What each optimizer setting must be (a negative lr or clip norm would quietly train backwards), and the words for it.
+OPTIM_RULES = {
+    "lr": (lambda v: _number(v) and v > 0, "a positive learning rate, e.g. 2e-4"),
+    "betas": (lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), "two values in [0, 1), e.g. [0.9, 0.999]"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "0 or more"),
+    "warmup_steps": (lambda v: _number(v) and v >= 0, "0 or more steps"),
+    "grad_clip": (lambda v: _number(v) and v > 0, "a positive gradient norm"),
+}
+
+
+def check_optim(optim: dict, key: str) -> None:
+    """Refuse an optimizer setting out of range in one line naming it as the config does (``key``: vae.optim, ...)."""
+    for name, (valid, words) in OPTIM_RULES.items():
+        if name in optim and not valid(optim[name]):
+            raise UserError(f"{key}.{name}={optim[name]} is not valid: use {words}")
+
+
 def adamw_with_warmup(parameters, optim: dict) -> dict:
     """Fused AdamW (one kernel for all tensors: 3.5x faster on the CPU) with a linear LR warm-up, stepped per update."""
     optimizer = torch.optim.AdamW(parameters, lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=optim["weight_decay"], fused=True)

@@ -20,7 +20,7 @@ from main.datasets.latents import encode_images
 from main.models.autoencoder import build_autoencoder
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import ELBO, HierarchicalVAE
-from main.systems.common import GuardedSystem, adamw_with_warmup, ema_update
+from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update
 
 
 class StageOneSystem(GuardedSystem):
@@ -31,6 +31,7 @@ class StageOneSystem(GuardedSystem):
         skip_threshold, max_consecutive_skips, ema_rate; data: the data set config (kept for evaluation);
         autoencoder: in latent space, the spec of the frozen autoencoder whose latents the VAE models."""
         super().__init__()
+        check_optim(optim, "vae.optim")
         self.save_hyperparameters()
         self.vae = HierarchicalVAE(**model)
         self.autoencoder = build_autoencoder(autoencoder).requires_grad_(False).eval() if autoencoder else None

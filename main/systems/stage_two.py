@@ -27,7 +27,7 @@ from main.models.diffusion.guidance import ConditionedDenoiser, class_labels_for
 from main.models.diffusion.unet import UNet
 from main.models.latent_space import stage_one_model
 from main.models.vdvae import HierarchicalVAE
-from main.systems.common import GuardedSystem, adamw_with_warmup, ema_update
+from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update
 from main.utils.errors import UserError
 
 # Stage one is frozen in eval mode on purpose; Lightning warns about any module in eval mode at fit start.
@@ -52,6 +52,7 @@ class StageTwoSystem(GuardedSystem):
         skip_threshold, max_consecutive_skips); data: the data set config; stage_one: {checkpoint, model (VAE kwargs),
         data, global_step, autoencoder (latent space)}, None for the unconditional baseline."""
         super().__init__()
+        check_optim(optim, "ddpm.optim")
         self.save_hyperparameters()
         self.unet = UNet(**unet)
         self.ema = AveragedModel(self.unet, multi_avg_fn=ema_update(optim["ema_rate"], optim.get("ema_warmup", True)), use_buffers=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,10 +51,11 @@ def lightning_misconfiguration() -> tuple[type[Exception], ...]:
     return (module.MisconfigurationException,) if module else ()
 
 
-def check_command_line(config_dir: Path, overrides: Sequence[str]) -> None:
+def check_command_line(config_dir: Path, overrides: Sequence[str], config_name: str | None = None) -> None:
     """Refuse in one line what Hydra would report in many, with status 1: an override it cannot parse, commas it would
-    read as several runs, and a config group choice with no config (unless the command adds config folders, which may
-    hold it). Commands with Hydra flags (-m, --cfg, ...) are left to Hydra."""
+    read as several runs, a config group choice with no config (unless the command adds config folders, which may
+    hold it) and, given the config's name, a key the config does not have. Commands with Hydra flags (-m, --cfg, ...)
+    are left to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -73,11 +77,84 @@ def check_command_line(config_dir: Path, overrides: Sequence[str]) -> None:
         if not adds_configs and folder.is_dir() and isinstance(name, str) and not (folder / f"{name}.yaml").is_file():
             choices = sorted(path.stem for path in folder.glob("*.yaml") if not path.stem.startswith("_"))
             raise UserError(f"unknown {override.key_or_group} '{name}': use one of {', '.join(choices)}")
+    if config_name is not None:
+        check_composition(config_dir, config_name, overrides)
+
+
+def check_composition(config_dir: Path, config_name: str, overrides: Sequence[str]) -> None:
+    """Compose the config as Hydra will: a key it does not have is named with the closest keys it has, and any other
+    override Hydra cannot apply is reported in one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+            compose(config_name, overrides=list(overrides))
+    except ConfigCompositionException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.parent_node is not None:
+            missing = cause.full_key  # the first missing part: 'traner' of traner.max_steps=5, which the line names
+            keys = [arg.partition("=")[0].lstrip("+~") for arg in overrides]
+            key = next((k for k in keys if k == missing or k.startswith(missing + ".")), missing)
+            raise UserError(unknown_key(key, cause.parent_node._get_root())) from None
+        raise UserError(" ".join(str(err).split())) from None
+
+
+def unknown_key(key: str, config) -> str:
+    """The one line for a key `config` does not have: the closest dotted keys, else keys with a close last name."""
+    from omegaconf import OmegaConf
+
+    def dotted(node: dict, prefix: str = "") -> list[str]:
+        keys = []
+        for name, value in node.items():
+            keys.append(prefix + str(name))
+            if isinstance(value, dict):
+                keys += dotted(value, f"{prefix}{name}.")
+        return keys
+
+    keys = [
+        k
+        for k in dotted(OmegaConf.to_container(config, resolve=False))
+        if k.startswith("hydra.") == key.startswith("hydra.") and not key.startswith(k + ".")  # no group the key is in
+    ]
+    close = difflib.get_close_matches(key, keys, n=1)
+    if not close:
+        leaves = difflib.get_close_matches(key.rsplit(".", 1)[-1], {k.rsplit(".", 1)[-1] for k in keys}, n=1)
+        close = [k for k in keys if k.rsplit(".", 1)[-1] in leaves][:3]
+    hint = f"did you mean {' or '.join(close)}?" if close else "list the keys with --cfg job"
+    return f"unknown key '{key}': {hint}"
+
+
+def quote_paths(overrides: Sequence[str]) -> list[str]:
+    """Overrides whose value is an existing path Hydra's grammar would misread ('=', quotes, non-ASCII letters, commas)
+    put in quotes, so that `checkpoint=<any path>` works: backslashes before a quote or the end are doubled, quotes
+    escaped (https://hydra.cc/docs/advanced/override_grammar/basic/#quoted-values)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser, quoted = OverridesParser.create(), []
+    for arg in overrides:
+        key, equals, value = arg.partition("=")
+        if equals and not arg.startswith("-") and value and Path(value).expanduser().exists():
+            try:
+                override = parser.parse_overrides([arg])[0]
+                misread = override.is_sweep_override() or (isinstance(override.value(), str) and override.value() != value)
+            except OverrideParseException:
+                misread = True
+            if misread:
+                escaped = re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), value)
+                arg = f"{key}='{escaped}'"
+        quoted.append(arg)
+    return quoted
 
 
 def run_entry_point(main: Callable[[], None], config_dir: Path) -> None:
-    """Run a Hydra entry point after checking its command line (`check_command_line`)."""
-    exit_on_user_error(check_command_line)(config_dir, sys.argv[1:])
+    """Run a Hydra entry point after quoting its paths (`quote_paths`) and checking its command line
+    (`check_command_line`); every entry point's config is named like its file."""
+    sys.argv[1:] = quote_paths(sys.argv[1:])
+    config_name = Path(inspect.unwrap(main).__code__.co_filename).stem
+    exit_on_user_error(check_command_line)(config_dir, sys.argv[1:], config_name)
     main()
 
 

@@ -8,6 +8,7 @@ import torch
 
 from main.datasets import ImageDataModule, build_datamodule
 from main.datasets.common import EpochSampler, MirrorPairs
+from main.utils.errors import UserError
 
 
 def first_batch(loader):
@@ -82,7 +83,7 @@ def test_worker_processes_serve_the_same_batches(config):
 
 
 def test_unknown_split_name_is_rejected(config):
-    with pytest.raises(ValueError, match="unknown split 'training'"):
+    with pytest.raises(UserError, match="unknown split 'training': use train, val or test"):
         build_datamodule(config("digits"), batch_size=8).split("training")
 
 

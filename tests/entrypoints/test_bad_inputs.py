@@ -7,7 +7,12 @@ included) to keep the census fast; tests/entrypoints/test_cli.py runs a few as r
 
 from __future__ import annotations
 
+import re
+import shutil
+import struct
+import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -51,6 +56,11 @@ def files(tmp_path_factory):
     (root / "corrupt" / "train" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     np.savez(root / "small.npz", images=np.zeros((20, 16, 16, 3), dtype=np.uint8))
     np.savez(root / "gray.npz", images=np.zeros((20, 32, 32), dtype=np.uint8))
+    np.savez(root / "rgba.npz", images=np.zeros((20, 32, 32, 4), dtype=np.uint8))
+    np.savez(root / "three.npz", images=np.zeros((3, 32, 32, 3), dtype=np.uint8))  # 5% held out of 3 images: none
+    crush_compressed_stream(root / "crushed.npz")
+    np.save(root / "objects.npy", np.array([Exploit(), Exploit()], dtype=object), allow_pickle=True)
+    np.save(root / "words.npy", np.array(["yes", "no"]))
     (root / "samples_out" / "samples").mkdir(parents=True)
     (root / "samples_out" / "samples" / "000000.png").write_bytes(b"an earlier sample")
     return {"vae": vae, "refiner": refiner, "root": root}
@@ -61,6 +71,17 @@ class Exploit:
 
     def __reduce__(self):
         return (print, ("this ran code",))
+
+
+def crush_compressed_stream(path):
+    """An np.savez_compressed archive whose zip entries are intact but whose deflate stream of 'images' is not."""
+    np.savez_compressed(path, images=np.zeros((20, 32, 32, 3), dtype=np.uint8))
+    info = zipfile.ZipFile(path).getinfo("images.npy")
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length  # the first bytes of the stream: a block type that does not exist
+    data[start : start + 4] = b"\xff" * 4
+    path.write_bytes(data)
 
 
 # (entry point, command-line arguments, key words of the one line); {vae}, {refiner}, {root} name the files above.
@@ -190,6 +211,99 @@ CASES = {
     ),
     "run folder already holds checkpoints": ("train_ae.py", [*TRAIN, "run_dir={root}/vae"], ["already holds checkpoints", "resume=true"]),
     "resume without a checkpoint": ("train_ae.py", [*TRAIN, "resume=true"], ["resume=true but", "does not exist"]),
+    "npz corrupt inside its compressed stream": (
+        "train_ae.py",
+        [*IMAGES_32, "dataset=npz", "dataset.root={root}/crushed.npz"],
+        ["cannot read array 'images'", "invalid block type", "replace it with a valid .npz file"],
+    ),
+    "npz of RGBA images": (
+        "train_ae.py",
+        [*IMAGES_32, "dataset=npz", "dataset.root={root}/rgba.npz"],
+        ["images have 4 channel(s)", "save them as RGB or grayscale", "images[..., :3]"],
+    ),
+    "npz too small for its held-out splits": (
+        "train_ae.py",
+        [*IMAGES_32, "dataset=npz", "dataset.root={root}/three.npz"],
+        ["has 3 images, split into 3 train, 0 val, 0 test", "set dataset.val_size=1 dataset.test_size=1"],
+    ),
+    "attributes .npy of objects (not unpickled)": (
+        "control.py",
+        ["checkpoint={vae}", "attribute.attributes_file={root}/objects.npy", "attribute.n_images=2", "out_dir={tmp}"],
+        ["cannot read", "objects.npy", "Object arrays cannot be loaded", "save the attributes with np.save as numbers"],
+    ),
+    "attributes .npy of words": (
+        "control.py",
+        ["checkpoint={vae}", "attribute.attributes_file={root}/words.npy", "attribute.n_images=2", "out_dir={tmp}"],
+        ["holds a 1-D <U3 array", "save 0/1 numbers"],
+    ),
+    "no samples asked": (
+        "test_ae.py",
+        ["checkpoint={vae}", "tasks=[samples]", "samples.n=0", "out_dir={tmp}"],
+        ["samples.n=0 is not valid"],
+    ),
+    "evaluation batch size 0": ("test_ddpm.py", ["checkpoint={refiner}", "samples.n=2", "batch_size=0", "out_dir={tmp}"], ["batch_size=0"]),
+    "negative learning rate (stage one)": ("train_ae.py", [*TRAIN, "vae.optim.lr=-1"], ["vae.optim.lr=-1 is not valid", "positive"]),
+    "negative learning rate (refiner)": (
+        "train_ddpm.py",
+        [*TINY_REFINER, "stage_one={vae}", "ddpm.optim.lr=-0.1"],
+        ["ddpm.optim.lr=-0.1 is not valid", "positive"],
+    ),
+    "negative gradient clip (would train backwards)": ("train_ae.py", [*TRAIN, "vae.optim.grad_clip=-1"], ["vae.optim.grad_clip=-1"]),
+    "no grid images asked": ("train_ae.py", [*TRAIN, "samples.every_n_steps=1", "samples.n=0"], ["samples.n=0", "samples.every_n_steps=0"]),
+    "block string written as a list": ("train_ae.py", [*TRAIN, "vae.model.enc_blocks=[8,4]"], ["are not a block string", "'32x3,32d2'"]),
+    "UNet width GroupNorm cannot split": (
+        "train_ddpm.py",
+        [*TINY_REFINER, "stage_one={vae}", "ddpm.unet.model_channels=12"],
+        ["UNet widths [12, 12, 24]", "multiples of ddpm.unet.norm_groups=8"],
+    ),
+    "reconstruction k that is no number": (
+        "test_ae.py",
+        ["checkpoint={vae}", "tasks=[reconstructions]", "reconstructions.k=[two]", "out_dir={tmp}"],
+        ["reconstructions.k=['two']", "0..10 or all"],
+    ),
+    "bits/dim on a split it does not score": (
+        "test_ae.py",
+        ["checkpoint={vae}", "tasks=[bpd]", "bpd.split=train", "out_dir={tmp}"],
+        ["use test or val"],
+    ),
+    "device that does not exist": ("test_ae.py", ["checkpoint={vae}", "device=tpu", "out_dir={tmp}"], ["device='tpu' is not a device"]),
+    "CUDA device the machine lacks": (
+        "control.py",
+        ["checkpoint={vae}", "device=cuda:99", "out_dir={tmp}"],
+        ["device=cuda:99 is not on this machine"],
+    ),
+    "no interpolation pairs": (
+        "test_ddpm.py",
+        ["checkpoint={refiner}", "tasks=[interpolation]", "interpolation.pairs=0", "out_dir={tmp}"],
+        ["interpolation.pairs=0"],
+    ),
+    "no example rows": ("noisy_conditioning.py", ["checkpoint={refiner}", "n=2", "examples=0", "out_dir={tmp}"], ["examples=0"]),
+    "unknown split of the attribute images": (
+        "control.py",
+        ["checkpoint={vae}", "attribute.split=holdout", "out_dir={tmp}"],
+        ["unknown split 'holdout'", "train, val or test"],
+    ),
+    "sampling devices the machine lacks": (
+        "test_ddpm.py",
+        ["checkpoint={refiner}", "devices=0", "out_dir={tmp}"],
+        ["accelerator=auto devices=0"],
+    ),
+}
+
+# A misspelt key on every Hydra entry point: (entry point, its required settings, the typo, the key it names).
+TYPOS = {
+    "train_ae.py": ([], "trainer.max_step=5", "trainer.max_steps"),
+    "train_ddpm.py": (["stage_one={vae}"], "conditioning.k=2", "ddpm.conditioning.k"),
+    "train_autoencoder.py": ([], "autoencoder.optim.lrr=0.1", "autoencoder.optim.lr"),
+    "test_ae.py": (["checkpoint={vae}"], "samples.tempreature=0.5", "samples.temperature"),
+    "test_ddpm.py": (["checkpoint={refiner}"], "sampler.stpes=3", "sampler.steps"),
+    "control.py": (["checkpoint={vae}"], "attribute.strenghts=[1]", "attribute.strengths"),
+    "noisy_conditioning.py": (["checkpoint={refiner}"], "corruptions.blurr=[1]", "corruptions.blur"),
+    "import_vdvae.py": (["out={tmp}/x.ckpt"], "overwrit=true", "overwrite"),
+}
+CASES |= {
+    f"misspelt key ({script})": (script, [*required, typo], [f"unknown key '{typo.partition('=')[0]}': did you mean {key}?"])
+    for script, (required, typo, key) in TYPOS.items()
 }
 
 
@@ -209,3 +323,31 @@ def test_bad_input_gives_one_line_and_status_2(case, files, tmp_path, capsys, mo
     assert "Traceback" not in stderr
     for word in words:
         assert word in errors[0], errors[0]
+
+
+def test_checkpoint_paths_hydra_would_misread_work(files, tmp_path, monkeypatch):
+    """'=', a comma, a quote and non-ASCII letters in the path: quoted for Hydra's grammar, so the command runs, and
+    the default out_dir (beside the run's checkpoints/) is found from it."""
+    run_dir = tmp_path / "lr=0.1, ü's run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(files["vae"], run_dir / "checkpoints" / "last.ckpt")
+    path = ROOT / "main" / "test_ae.py"
+    args = [f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", "tasks=[samples]", "samples.n=2", f"hydra.run.dir={tmp_path}"]
+    monkeypatch.setattr(sys, "argv", [str(path), *args])
+    exec(compile(path.read_text(), str(path), "exec"), {"__name__": "__main__", "__file__": str(path)})
+    assert len(list((run_dir / "eval" / "samples").glob("*.png"))) == 2
+
+
+def test_scripts_take_a_checkpoint_path_with_an_equals_sign(tmp_path):
+    """scripts/_env.sh's need_checkpoint: an existing file is the checkpoint whatever its name; key=value is not."""
+    checkpoint = tmp_path / "lr=0.1" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    checkpoint.touch()
+    function = re.search(r"^need_checkpoint\(\) \{$.*?^\}$", (ROOT / "scripts" / "_env.sh").read_text(), re.S | re.M)[0]
+
+    def need_checkpoint(arg: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f'{function}\nneed_checkpoint "<usage>" "$1"', "_", arg], capture_output=True, text=True)
+
+    assert need_checkpoint(str(checkpoint)).returncode == 0
+    refused = need_checkpoint("samples.n=3")
+    assert (refused.returncode, refused.stderr) == (2, "usage: <usage>\n")

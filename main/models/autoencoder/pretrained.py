@@ -28,12 +28,22 @@ class DiffusersAutoencoder(nn.Module):
         from diffusers import AutoencoderKL
 
         local = Path(name_or_folder).expanduser()
-        try:
-            pretrained = AutoencoderKL.from_pretrained(str(local) if local.is_dir() else name_or_folder, low_cpu_mem_usage=False)
-        except (OSError, ValueError) as error:
-            where = "the folder" if local.is_dir() else "the Hugging Face hub"
+        if local.is_dir() and not any(local.glob("*.safetensors")):
             raise UserError(
-                f"could not load the autoencoder '{name_or_folder}' from {where} ({type(error).__name__}): "
+                f"the folder '{local}' has no safetensors weights (a pickled .bin is not loaded: that could run code): "
+                f"convert it where you trust it with AutoencoderKL.from_pretrained(folder).save_pretrained(folder)"
+            )
+        source = str(local) if local.is_dir() else name_or_folder
+        try:  # safetensors only, from the hub too
+            pretrained = AutoencoderKL.from_pretrained(source, low_cpu_mem_usage=False, use_safetensors=True)
+        except (OSError, ValueError) as error:
+            if local.is_dir():
+                raise UserError(
+                    f"could not load the autoencoder in '{local}' ({str(error).splitlines()[0]}): "
+                    "pass a folder written by AutoencoderKL.save_pretrained (config.json and the .safetensors weights)"
+                ) from None
+            raise UserError(
+                f"could not load the autoencoder '{name_or_folder}' from the Hugging Face hub ({type(error).__name__}): "
                 f"on a machine with internet run `huggingface-cli download {name_or_folder} --local-dir <folder>` and pass that folder"
             ) from None
         wrapper = cls(dict(pretrained.config))

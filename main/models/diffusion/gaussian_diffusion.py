@@ -98,8 +98,10 @@ class GaussianDiffusion:
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1.0)
         # q(x_{t-1} | x_t, x_0): variance beta~_t and mean coefficients c1_t (on x_0), c2_t (on x_t - shift).
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # beta~_0 = 0, so the log is clipped to beta~_1 at t = 0 (never used for noise there).
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1:2], self.posterior_variance[1:]))
+        # beta~_0 = 0, so the log is clipped to beta~_1 at t = 0 (never used for noise there); a one-step diffusion
+        # (x_T -> x_0 in one step) has no beta~_1 and takes beta_0.
+        self.variance_at_0 = self.posterior_variance[1] if T > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(self.variance_at_0, self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = np.sqrt(alphas) * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
 
@@ -201,7 +203,7 @@ class GaussianDiffusion:
         kind = parse_enum(VarianceType, variance, "variance")
         if kind is VarianceType.FIXED_SMALL:
             return extract(self.posterior_variance, t, like), extract(self.posterior_log_variance_clipped, t, like)
-        large = np.append(self.posterior_variance[1:2], self.betas[1:])
+        large = np.append(self.variance_at_0, self.betas[1:])
         return extract(large, t, like), extract(np.log(large), t, like)
 
     def p_mean_variance(self, model, x_t, t, y=None, variance="fixed_large", clip_denoised=True, model_kwargs=None):

@@ -57,6 +57,12 @@ class UNet(nn.Module):
         levels = len(channel_mult)
         if image_size % 2 ** (levels - 1):
             raise UserError(f"image_size {image_size} is not divisible by 2^{levels - 1}: use fewer channel_mult levels")
+        widths = [model_channels] + [m * model_channels for m in channel_mult]
+        if model_channels < 1 or any(w % norm_groups for w in widths):  # GroupNorm splits every width into norm_groups
+            raise UserError(
+                f"UNet widths {widths} (ddpm.unet.model_channels x channel_mult) must be positive multiples of "
+                f"ddpm.unet.norm_groups={norm_groups}"
+            )
         resolutions = [image_size // 2**level for level in range(levels)]
         bad = sorted(set(int(r) for r in attention_resolutions) - set(resolutions))
         if bad:

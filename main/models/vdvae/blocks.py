@@ -33,6 +33,8 @@ class BlockSpec:
 
 def parse_block_string(spec: str, kind: str) -> list[BlockSpec]:
     """Parse an ``enc_blocks`` (kind="encoder") or ``dec_blocks`` (kind="decoder") string."""
+    if not isinstance(spec, str):  # e.g. a list, when the string was written as [..]
+        raise UserError(f"{kind} blocks {spec!r} are not a block string: write one like '32x3,32d2' (quoted on the command line)")
     blocks: list[BlockSpec] = []
     for entry in spec.replace(" ", "").split(","):
         match = _ENTRY.match(entry)

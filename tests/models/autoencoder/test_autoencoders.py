@@ -88,3 +88,15 @@ def test_unreachable_hub_name_is_one_line_naming_the_download(monkeypatch):
         DiffusersAutoencoder.load("nobody/no-such-vae")
     message = str(info.value)
     assert "\n" not in message and "huggingface-cli download nobody/no-such-vae" in message
+
+
+def test_a_folder_of_pickled_weights_is_refused_without_unpickling(tmp_path, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(**TINY_DIFFUSERS).save_pretrained(tmp_path / "vae", safe_serialization=False)  # diffusion_pytorch_model.bin
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("the .bin was unpickled"))
+    with pytest.raises(UserError) as info:
+        DiffusersAutoencoder.load(str(tmp_path / "vae"))
+    message = str(info.value)
+    assert "\n" not in message and "has no safetensors weights" in message and "save_pretrained" in message
+    assert "huggingface-cli" not in message
