@@ -56,6 +56,16 @@ def test_max_steps_0_is_refused(tmp_path):
     assert not tmp_path.joinpath("checkpoints").exists()
 
 
+def test_a_run_stopped_before_its_first_update_names_no_checkpoint(tmp_path, caplog):
+    from main.training import train_and_report
+
+    with caplog.at_level("INFO"):
+        train_and_report(train, tiny_train_config(tmp_path, "trainer.max_time=00:00:00:00"))
+    printed = caplog.text
+    assert "before the first update (trainer.max_time?): no checkpoint was written" in printed
+    assert "last checkpoint" not in printed and not tmp_path.joinpath("checkpoints", "last.ckpt").exists()
+
+
 @pytest.mark.parametrize("where", ["read-only file system", "a file in the way"])
 def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path, where):
     if where == "a file in the way":
