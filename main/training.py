@@ -59,7 +59,7 @@ def check_resume_settings(cfg: DictConfig, system: pl.LightningModule, path: str
     """Refuse to resume ``path`` with settings other than those it was trained with: Lightning would restore its weights
     under the new data set, architecture or formulation, or put the old frozen first stage back over the one given."""
     checkpoint = load_checkpoint(path, system.STAGE, mmap=True)
-    saved = checkpoint["hyper_parameters"]
+    saved = checkpoint.get("hyper_parameters", {})
     fix = "resume with the run's own settings, or start a new run with name=<new name>"
     for name, key in system.RESUME_MUST_MATCH.items():
         for where, then, now in differences(saved.get(name), system.hparams.get(name), key):
