@@ -275,8 +275,7 @@ def run(cfg: DictConfig) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     vae, refiner, checkpoint, data = load_stages(cfg.checkpoint)
     vae, refiner = vae.to(device).eval(), refiner.to(device).eval() if refiner is not None else None
     out_dir = Path(cfg.out_dir)
-    if (out_dir / "results.json").exists():
-        check_writable(out_dir, cfg.overwrite)
+    check_writable(out_dir, cfg.overwrite)
     data_cfg = dataset_config(data, cfg.dataset)
     k = top_groups(cfg.k, vae)
     start_time = time.perf_counter()

@@ -71,8 +71,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"'{cfg.checkpoint}' is the unconditional DDPM baseline: it has no stage-one image to corrupt")
     system = system.to(device).eval()
     out_dir = Path(cfg.out_dir)
-    if (out_dir / "results.json").exists():
-        check_writable(out_dir, cfg.overwrite)
+    check_writable(out_dir, cfg.overwrite)
     x_all, labels_all = load_split(dataset_config(system.hparams.data, cfg.dataset), "test", cfg.n)
     system.stage_one.check_images(x_all)
     sampler = plain(cfg.sampler)

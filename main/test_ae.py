@@ -107,8 +107,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise UserError(f"bpd.split={cfg.bpd.split!r}: use test or val")
     system, checkpoint = load_stage_one(cfg.checkpoint)
     out_dir = Path(cfg.out_dir)
-    if (out_dir / "results.json").exists():
-        check_writable(out_dir, cfg.overwrite)
+    check_writable(out_dir, cfg.overwrite)
     data_cfg = dataset_config(checkpoint["hyper_parameters"]["data"], cfg.dataset)
     device = pick_device(cfg.device)
     vae = system.image_model.to(device).eval()  # the VAE, or in latent space the VAE inside its autoencoder

@@ -229,8 +229,8 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
     system = system.to(device or torch.device("cpu")).eval()
     system.nonfinite_conditions.zero_()  # count this run's non-finite stage-one images, not training's
     out_dir = Path(cfg.out_dir)
-    if (out_dir / "results.json").exists():
-        check_writable(out_dir, cfg.overwrite)
+    check_writable(out_dir, cfg.overwrite)
+    shard.barrier()  # every rank has looked at out_dir before any writes to it
     classes = system.unet.num_classes or (system.stage_one.num_classes if system.stage_one is not None else 0)
     if "class_samples" in cfg.tasks and not classes:
         raise UserError("class_samples needs a class-conditional refiner or stage one")

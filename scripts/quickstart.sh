@@ -12,7 +12,8 @@ fi
 set -e
 "$PY" main/train_ae.py dataset=digits vae=digits run_dir="$out/train" num_workers=0 \
   trainer.max_steps="${QUICKSTART_STEPS:-2000}" trainer.max_time=00:00:08:00 trainer.val_check_interval=500 samples.every_n_steps=500 "$@"
-"$PY" main/test_ae.py checkpoint="$out/train/checkpoints/last.ckpt" out_dir="$out" num_workers=0 \
+# overwrite=true: $out holds the run's train/ folder, which stage one's results go beside (they replace nothing)
+"$PY" main/test_ae.py checkpoint="$out/train/checkpoints/last.ckpt" out_dir="$out" overwrite=true num_workers=0 \
   tasks='[bpd,iw_bpd,samples,class_samples,reconstructions]' samples.n=100 iw_bpd.samples=64
 "$PY" main/train_ddpm.py dataset=digits ddpm=digits stage_one="$out/train/checkpoints/last.ckpt" run_dir="$out/train_ddpm" \
   num_workers=0 trainer.max_steps="${QUICKSTART_DDPM_STEPS:-1500}" trainer.max_time=00:00:06:00 trainer.val_check_interval=500 \

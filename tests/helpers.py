@@ -89,3 +89,20 @@ def user_error(fn, *args, **kwargs) -> str:
     message = str(info.value)
     assert message and "\n" not in message
     return message
+
+
+class CreatesFile:
+    """A pickle that, when loaded without restrictions, runs code: it creates ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def crafted_checkpoint(path: Path, marker: Path, stage: str = "vae") -> Path:
+    """A checkpoint that looks like one of ours but would create ``marker`` if unpickled."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "stage": stage, "hyper_parameters": {}, "payload": CreatesFile(marker)}, path)
+    return path

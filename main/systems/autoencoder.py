@@ -14,6 +14,7 @@ from main.systems.common import ResumableSystem, adamw_with_warmup, check_optim
 
 class AutoencoderSystem(ResumableSystem):
     STAGE = "autoencoder"
+    RESUME_MUST_MATCH = {"data": "dataset", "model": "autoencoder.model"}
 
     def __init__(self, model: dict, optim: dict, data: dict):
         """model: KLAutoencoder kwargs; optim: lr, betas, weight_decay, warmup_steps, grad_clip, kl_weight; data: the data set config."""

@@ -62,6 +62,10 @@ class ResumableSystem(pl.LightningModule):
     """Tags checkpoints with their stage and carries the RNG state, so a resumed run continues the same random stream."""
 
     STAGE: str
+    # What a resumed run must share with its checkpoint (main/training.py): hyperparameter -> the setting it comes from,
+    # and frozen module -> the setting that chose it (its weights must be the checkpoint's).
+    RESUME_MUST_MATCH: dict[str, str] = {}
+    FROZEN: dict[str, str] = {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["stage"] = self.STAGE

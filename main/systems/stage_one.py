@@ -25,6 +25,8 @@ from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, e
 
 class StageOneSystem(GuardedSystem):
     STAGE = "vae"
+    RESUME_MUST_MATCH = {"data": "dataset", "model": "vae.model", "autoencoder": "vae.autoencoder"}
+    FROZEN = {"autoencoder": "vae.autoencoder"}
 
     def __init__(self, model: dict, optim: dict, data: dict, label_dropout: float = 0.0, autoencoder: dict | None = None):
         """model: HierarchicalVAE kwargs; optim: lr, betas, weight_decay, warmup_steps, grad_clip,

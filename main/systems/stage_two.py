@@ -45,6 +45,8 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 class StageTwoSystem(GuardedSystem):
     STAGE = "ddpm"
+    RESUME_MUST_MATCH = {"data": "dataset", "diffusion": "ddpm.diffusion", "unet": "ddpm.unet"}
+    FROZEN = {"stage_one": "stage_one"}
 
     def __init__(self, unet: dict, diffusion: dict, conditioning: dict, optim: dict, data: dict, stage_one: dict | None = None):
         """unet: UNet kwargs; diffusion: formulation, schedule, num_timesteps, prediction; conditioning: k, temperature,

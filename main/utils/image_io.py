@@ -20,8 +20,12 @@ from main.utils.errors import UserError
 
 
 def check_writable(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise UserError(f"'{folder}' already holds results: pass overwrite=true to replace them, or choose another out_dir")
+    """Refuse a folder that holds files, ours or the user's, unless overwrite is asked: the tasks write fixed names.
+
+    Hidden entries do not count: the .<name>.partial folders of an interrupted run (replaced), or of other ranks starting.
+    """
+    if folder.is_dir() and any(not entry.name.startswith(".") for entry in folder.iterdir()) and not overwrite:
+        raise UserError(f"'{folder}' already holds results or other files: pass overwrite=true to write over them, or choose another out_dir")
 
 
 def start_staging(folder: Path, create: bool = True) -> Path:

@@ -187,7 +187,7 @@ def test_existing_results_are_kept_unless_overwrite(stage_one, tmp_path):
     out = tmp_path / "out"
     control(stage_one, out, "task=variation", "variation.n=1")
     before = (out / "variation_grid.png").read_bytes()
-    with pytest.raises(UserError, match="already holds results: pass overwrite=true"):
+    with pytest.raises(UserError, match="already holds results or other files: pass overwrite=true"):
         control(stage_one, out, "task=variation", "variation.n=2")
     assert (out / "variation_grid.png").read_bytes() == before
     control(stage_one, out, "task=variation", "variation.n=2", "overwrite=true")

@@ -80,7 +80,7 @@ def test_existing_results_are_not_overwritten_unless_asked(checkpoint, tmp_path)
     out = tmp_path / "eval"
     evaluate(eval_config(checkpoint, out, "tasks=[samples]", "samples.n=4"))
     first = (out / "samples" / "000000.png").read_bytes()
-    with pytest.raises(UserError, match="already holds results: pass overwrite=true"):
+    with pytest.raises(UserError, match="already holds results or other files: pass overwrite=true"):
         evaluate(eval_config(checkpoint, out, "tasks=[samples]", "samples.n=4", "seed=1"))
     assert (out / "samples" / "000000.png").read_bytes() == first
     evaluate(eval_config(checkpoint, out, "tasks=[samples]", "samples.n=4", "seed=1", "overwrite=true"))

@@ -163,7 +163,7 @@ def test_existing_results_are_kept_unless_overwrite(refiner, tmp_path):
     out = tmp_path / "eval"
     evaluate(eval_config(refiner, out, "samples.n=2"))
     before = (out / "samples" / "000000.png").read_bytes()
-    with pytest.raises(UserError, match="already holds results: pass overwrite=true"):
+    with pytest.raises(UserError, match="already holds results or other files: pass overwrite=true"):
         evaluate(eval_config(refiner, out, "samples.n=2", "seed=1"))
     assert (out / "samples" / "000000.png").read_bytes() == before
     evaluate(eval_config(refiner, out, "samples.n=2", "seed=1", "overwrite=true"))

@@ -75,3 +75,31 @@ def test_killed_and_resumed_twice_equals_uninterrupted(tmp_path, restore_determi
         assert torch.equal(tensor, resumed["state_dict"][name]), name
     torch.testing.assert_close(resumed["optimizer_states"], reference["optimizer_states"], rtol=0, atol=0)
     assert resumed["lr_schedulers"] == reference["lr_schedulers"]
+
+
+def test_a_run_whose_metric_stopped_improving_still_checkpoints_every_validation(tmp_path, monkeypatch):
+    """last.ckpt is written at every validation, also when val/bpd did not improve (Lightning's save_last writes it only
+    with a new best); best.ckpt keeps the best. A run that dies after a plateau resumes from its last validation."""
+    from main.systems.stage_one import StageOneSystem
+
+    def flat_validation(self, batch, batch_idx):
+        self.log("val/bpd", torch.tensor(1.0), on_epoch=True, batch_size=len(batch[0]))
+
+    train_step = StageOneSystem.training_step
+
+    def dies_before_update_8(self, batch, batch_idx):
+        if self.global_step == 7:
+            raise RuntimeError("killed")
+        return train_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StageOneSystem, "validation_step", flat_validation)
+    monkeypatch.setattr(StageOneSystem, "training_step", dies_before_update_8)
+    settings = ["trainer.max_steps=9", "trainer.val_check_interval=3", "trainer.num_sanity_val_steps=0"]
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny_train_config(tmp_path, *settings))
+    checkpoints = tmp_path / "checkpoints"
+    assert checkpointed_step(checkpoints / "last.ckpt") == 6  # validations at 3 and 6, the second no better
+    assert checkpointed_step(checkpoints / "best.ckpt") == 3
+    monkeypatch.setattr(StageOneSystem, "training_step", train_step)
+    resumed = load_checkpoint(train(tiny_train_config(tmp_path, *settings, "resume=true")), "vae")
+    assert resumed["global_step"] == 9 and checkpointed_step(checkpoints / "best.ckpt") == 3
