@@ -3,7 +3,7 @@
 The names and shapes of every published preset are checked against an independent description of VDVAE's
 architecture; numerics use tiny models: an export/import round trip must be bit-exact. Large "files" are
 stride-0 tensors of the right shapes (a few kB). Neither VDVAE's code nor its files are needed: its
-agreement with ours was measured by running it (README, "Importing OpenAI's VDVAE weights").
+agreement with ours was measured by running it (docs/stage_one.md, "Importing OpenAI's VDVAE weights").
 """
 
 from __future__ import annotations
