@@ -34,12 +34,13 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
+from main.api import load_system
 from main.datasets import build_datamodule, first_images
 from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
-from main.systems.stage_one import load_stage_one
-from main.systems.stage_two import StageTwoSystem, load_stage_two
+from main.systems.stage_one import StageOneSystem
+from main.systems.stage_two import StageTwoSystem
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 from main.utils.image_io import check_writable, save_grid, staged_folder, to_uint8
@@ -52,16 +53,12 @@ HasAttribute = Callable[[torch.Tensor, int], torch.Tensor]  # (labels of a batch
 
 def load_stages(path: str | Path) -> tuple[HierarchicalVAE | LatentSpaceModel, StageTwoSystem | None, dict, dict]:
     """(stage one, refiner or None, checkpoint, data set config) from a refiner or a stage-one checkpoint."""
-    try:
-        refiner, checkpoint = load_stage_two(path)
-    except UserError as err:
-        if "is of stage 'vae'" not in str(err):
-            raise
-        system, checkpoint = load_stage_one(path)
-        return system.image_model, None, checkpoint, checkpoint["hyper_parameters"]["data"]
-    if refiner.stage_one is None:
+    system, checkpoint = load_system(path)
+    if isinstance(system, StageOneSystem):
+        return system.image_model, None, checkpoint, system.hparams.data
+    if system.stage_one is None:
         raise UserError(f"'{path}' is the unconditional DDPM baseline: control needs stage one's latents (a refiner of a stage one)")
-    return refiner.stage_one, refiner, checkpoint, refiner.hparams.data
+    return system.stage_one, system, checkpoint, system.hparams.data
 
 
 def seeded(seed: int, device) -> torch.Generator:
