@@ -34,15 +34,16 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
-from main.datasets import build_datamodule
+from main.api import load_system
+from main.datasets import build_datamodule, first_images
 from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
-from main.systems.stage_one import load_stage_one
-from main.systems.stage_two import StageTwoSystem, load_stage_two, posterior_groups, to_uint8
+from main.systems.stage_one import StageOneSystem
+from main.systems.stage_two import StageTwoSystem
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
-from main.utils.image_io import check_writable, save_grid, staged_folder
+from main.utils.image_io import check_writable, save_grid, staged_folder, to_uint8
 from main.utils.results import write_results
 
 TASKS = ("attribute", "class_swap", "variation")
@@ -52,38 +53,12 @@ HasAttribute = Callable[[torch.Tensor, int], torch.Tensor]  # (labels of a batch
 
 def load_stages(path: str | Path) -> tuple[HierarchicalVAE | LatentSpaceModel, StageTwoSystem | None, dict, dict]:
     """(stage one, refiner or None, checkpoint, data set config) from a refiner or a stage-one checkpoint."""
-    try:
-        refiner, checkpoint = load_stage_two(path)
-    except UserError as err:
-        if "is of stage 'vae'" not in str(err):
-            raise
-        system, checkpoint = load_stage_one(path)
-        return system.image_model, None, checkpoint, checkpoint["hyper_parameters"]["data"]
-    if refiner.stage_one is None:
+    system, checkpoint = load_system(path)
+    if isinstance(system, StageOneSystem):
+        return system.image_model, None, checkpoint, system.hparams.data
+    if system.stage_one is None:
         raise UserError(f"'{path}' is the unconditional DDPM baseline: control needs stage one's latents (a refiner of a stage one)")
-    return refiner.stage_one, refiner, checkpoint, refiner.hparams.data
-
-
-def load_split(data_cfg, split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n images (all if None) of a split: uint8 [N, C, H, W] and labels [N] (-1: none)."""
-    images = build_datamodule(data_cfg, batch_size=1).split(split)
-    n = len(images) if n is None else int(n)
-    if not 0 < n <= len(images):
-        raise UserError(f"{n} images asked from the {split} split, which has {len(images)}")
-    pairs = [images[i] for i in range(n)]
-    return torch.stack([x for x, _ in pairs]), torch.tensor([int(label) for _, label in pairs])
-
-
-def top_groups(k, vae: HierarchicalVAE) -> int:
-    """k as a number of top latent groups, 1..num_groups ('all' and '<R>px' as in ddpm.conditioning.k)."""
-    n = vae.num_groups
-    try:
-        groups = posterior_groups(k, vae)
-    except UserError:
-        groups = 0
-    if groups < 1:
-        raise UserError(f"k={k!r}: use 1..{n} (stage one has {n} latent groups), 'all', or '<R>px' for the groups up to R pixels")
-    return groups
+    return system.stage_one, system, checkpoint, system.hparams.data
 
 
 def seeded(seed: int, device) -> torch.Generator:
@@ -245,7 +220,7 @@ def variation(stages: Stages, cfg, k: int, x, labels, generator):
 def source_images(cfg, vae: HierarchicalVAE, data_cfg, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The images controlled: the first n test images, or n stage-one samples (unlabelled) as uint8."""
     if cfg.source == "test":
-        x, labels = load_split(data_cfg, "test", cfg.n)
+        x, labels = first_images(data_cfg, "test", cfg.n)
         vae.check_images(x)
         return x.to(device), labels.to(device)
     if cfg.source == "samples":
@@ -277,7 +252,7 @@ def run(cfg: DictConfig) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     out_dir = Path(cfg.out_dir)
     check_writable(out_dir, cfg.overwrite)
     data_cfg = dataset_config(data, cfg.dataset)
-    k = top_groups(cfg.k, vae)
+    k = vae.groups(cfg.k, minimum=1)
     start_time = time.perf_counter()
     x, labels = source_images(cfg, vae, data_cfg, device)
     output = cfg.output or (refiner.hparams.conditioning["output"] if refiner is not None else "mean")

@@ -23,14 +23,14 @@ import torch
 from omegaconf import DictConfig
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from main.control import load_split
+from main.datasets import first_images
 from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
 from main.models.diffusion.corruptions import check_strength, corrupt
 from main.plots import plot_noisy_conditioning
-from main.systems.stage_two import load_stage_two, to_uint8
+from main.systems.stage_two import load_stage_two
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
-from main.utils.image_io import check_writable, save_grid
+from main.utils.image_io import check_writable, save_grid, to_uint8
 from main.utils.results import write_results
 
 UNITS = {"gaussian_noise": "noise std ([-1, 1] units)", "blur": "blur sigma (pixels)", "jpeg": "100 - JPEG quality"}
@@ -72,7 +72,7 @@ def evaluate(cfg: DictConfig) -> dict:
     system = system.to(device).eval()
     out_dir = Path(cfg.out_dir)
     check_writable(out_dir, cfg.overwrite)
-    x_all, labels_all = load_split(dataset_config(system.hparams.data, cfg.dataset), "test", cfg.n)
+    x_all, labels_all = first_images(dataset_config(system.hparams.data, cfg.dataset), "test", cfg.n)
     system.stage_one.check_images(x_all)
     sampler = plain(cfg.sampler)
     scores = {point: {"psnr_y": [], "ssim_y": [], "psnr_refined": [], "ssim_refined": []} for point in points}

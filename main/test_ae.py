@@ -19,10 +19,10 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from main.datasets import build_datamodule
+from main.datasets import build_datamodule, first_images
 from main.evaluation import batch_generator, check_counts, dataset_config, generate_to, pick_device
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
@@ -189,17 +189,11 @@ def evaluate(cfg: DictConfig) -> dict:
 def reconstructions(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, out_dir: Path, device, seeded) -> dict:
     """Rows of the grid: the test images, then their reconstructions keeping the first k groups."""
     r = cfg.reconstructions
-    test = build_datamodule(data_cfg, batch_size=r.n).split("test")
-    if r.n > len(test):
-        raise UserError(f"reconstructions.n={r.n} but the test split has {len(test)} images")
-    items = [test[i] for i in range(r.n)]
-    x = torch.stack([img for img, _ in items]).to(device)
-    labels = torch.tensor([int(lbl) for _, lbl in items], device=device)
+    x, labels = first_images(data_cfg, "test", r.n, "reconstructions.n")
+    x, labels = x.to(device), labels.to(device)
     vae.check_images(x)
-    try:
-        ks = [vae.num_groups if k == "all" else int(k) for k in r.k]
-    except (TypeError, ValueError):
-        raise UserError(f"reconstructions.k={plain(r.k)}: use a list of group counts 0..{vae.num_groups} or all, e.g. [0,1,all]") from None
+    given = r.k if OmegaConf.is_list(r.k) else [r.k]
+    ks = dict.fromkeys(vae.groups(k, "reconstructions.k") for k in given)  # 'all' and '<R>px' as numbers, each once
     rows, metrics = [x.cpu()], {}
     with staged_folder(out_dir / "reconstructions", cfg.overwrite) as staging:
         for k in ks:

@@ -25,14 +25,14 @@ import torch
 from lightning.fabric import Fabric
 from omegaconf import DictConfig
 
-from main.datasets import build_datamodule
+from main.datasets import first_images
 from main.evaluation import Shard, batch_generator, check_counts, dataset_config, generate_to
 from main.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
 from main.plots import plot_speed_quality
-from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two, to_uint8
+from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
-from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
+from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder, to_uint8
 from main.utils.results import write_results
 
 TASKS = ("samples", "class_samples", "reconstructions", "interpolation", "speed_quality")
@@ -137,14 +137,12 @@ def reconstructions(system: StageTwoSystem, cfg, out_dir: Path) -> dict:
     """Test images -> stage-one reconstructions (first k groups from the posterior) -> refined; MSE and PSNR of both."""
     r, device = cfg.reconstructions, system.device
     data_cfg = dataset_config(system.hparams.data, cfg.dataset)
-    test = build_datamodule(data_cfg, batch_size=r.n).split("test")
-    if r.n > len(test):
-        raise UserError(f"reconstructions.n={r.n} but the test split has {len(test)} images")
-    x = torch.stack([test[i][0] for i in range(r.n)]).to(device)
-    labels = torch.tensor([int(test[i][1]) for i in range(r.n)], device=device)
+    x, labels = first_images(data_cfg, "test", r.n, "reconstructions.n")
+    x, labels = x.to(device), labels.to(device)
     system.stage_one.check_images(x)
+    k = None if r.k is None else system.stage_one.groups(r.k, "reconstructions.k")  # None: the refiner's own k
     generator = batch_generator(cfg.seed, 0, device)
-    y_float = system.condition(x, labels, generator, k=r.k)
+    y_float = system.condition(x, labels, generator, k=k)
     y, refined = to_uint8(y_float), to_uint8(system.refine(y_float, plain(cfg.sampler), labels, generator=generator))
     with staged_folder(out_dir / "reconstructions", cfg.overwrite) as staging:
         for name, images in [("original", x), ("stage_one", y), ("refined", refined)]:

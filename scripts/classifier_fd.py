@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 
 from main.datasets import build_datamodule  # noqa: E402
 from main.utils.errors import UserError, exit_on_user_error  # noqa: E402
+from main.utils.image_io import to_unit_range  # noqa: E402
 
 DEFAULT_CLASSIFIER = ROOT / "outputs" / "classifier_fd" / "cifar10.pt"
 DATASET_CONFIG = ROOT / "main" / "configs" / "dataset" / "cifar10.yaml"
@@ -98,7 +99,7 @@ class SmallResNet(nn.Module):
         self.head = nn.Linear(8 * w, num_classes)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div(127.5).sub(1).contiguous(memory_format=torch.channels_last)
+        x = to_unit_range(images).contiguous(memory_format=torch.channels_last)
         return self.features(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

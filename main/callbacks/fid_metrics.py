@@ -20,8 +20,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from main.evaluation import batch_generator, in_batches
 from main.fid import DEFAULT_CACHE, Scorer, load_reference, parse_metrics
-from main.systems.stage_two import StageTwoSystem, to_uint8
+from main.systems.stage_two import StageTwoSystem
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8
 
 
 def fid_samples(pl_module: pl.LightningModule, n: int, generator: torch.Generator, **sample_kwargs) -> torch.Tensor:

@@ -23,6 +23,6 @@ Folders with `train/` and `val/`/`test/` subfolders and npz folders with `*train
 files use those instead; the module docstrings of `folder` and `npz` give the exact rules.
 """
 
-from main.datasets.datamodule import ImageDataModule, build_datamodule
+from main.datasets.datamodule import ImageDataModule, build_datamodule, first_images
 
-__all__ = ["ImageDataModule", "build_datamodule"]
+__all__ = ["ImageDataModule", "build_datamodule", "first_images"]

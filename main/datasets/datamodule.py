@@ -126,3 +126,14 @@ def build_datamodule(
 ) -> ImageDataModule:
     """Build the data module for a `configs/dataset/<name>.yaml` entry (dispatching on `format`/`name`)."""
     return ImageDataModule(dataset_cfg, batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
+
+
+def first_images(dataset_cfg: DictConfig | Mapping[str, Any], split: str, n: int | None, key: str = "n") -> tuple[torch.Tensor, ...]:
+    """The first n images (all if None) of a split, the same ones every run: uint8 [N, C, H, W] and labels [N] (-1: none).
+    ``key`` names the setting n came from in the error."""
+    images = build_datamodule(dataset_cfg, batch_size=1).split(split)
+    n = len(images) if n is None else int(n)
+    if not 0 < n <= len(images):
+        raise UserError(f"{key}={n} images asked from the {split} split, which has {len(images)}: ask for 1..{len(images)}")
+    pairs = [images[i] for i in range(n)]
+    return torch.stack([x for x, _ in pairs]), torch.tensor([int(label) for _, label in pairs])

@@ -32,6 +32,7 @@ from main.datasets.config import DatasetConfig
 from main.datasets.datamodule import ImageDataModule
 from main.models.autoencoder import autoencoder_spec
 from main.utils.errors import UserError
+from main.utils.image_io import to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +94,6 @@ def cache_key(config: DatasetConfig, autoencoder: nn.Module, cache_root: Path) -
 
 def canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> floats in [-1, 1], the autoencoders' input range."""
-    return images.float() / 127.5 - 1.0
 
 
 @torch.no_grad()

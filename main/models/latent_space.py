@@ -16,6 +16,7 @@ from main.datasets.latents import encode_images
 from main.models.autoencoder import build_autoencoder
 from main.models.vdvae import ELBO, HierarchicalVAE
 from main.models.vdvae.vae import check_image_shape
+from main.utils.image_io import to_uint8
 
 
 class LatentSpaceModel(nn.Module):
@@ -32,15 +33,16 @@ class LatentSpaceModel(nn.Module):
     def num_groups(self) -> int:
         return self.vae.num_groups
 
+    def groups(self, k: int | str, key: str = "k", minimum: int = 0) -> int:
+        return self.vae.groups(k, key, minimum)
+
     def latent_shapes(self, n: int) -> list[tuple[int, int, int, int]]:
         return self.vae.latent_shapes(n)
 
     def check_images(self, x: torch.Tensor) -> None:
         check_image_shape(x, self.channels, self.image_size)
 
-    @staticmethod
-    def to_uint8(x: torch.Tensor) -> torch.Tensor:
-        return torch.round((x.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+    to_uint8 = staticmethod(to_uint8)  # decoded images have all 8 bits, whatever the VAE models
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the autoencoder latents the VAE models."""

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from main.datasets.latents import to_unit_range
 from main.models.autoencoder import KLAutoencoder
 from main.systems.common import ResumableSystem, adamw_with_warmup, check_optim
+from main.utils.image_io import to_uint8, to_unit_range
 
 
 class AutoencoderSystem(ResumableSystem):
@@ -54,8 +54,7 @@ class AutoencoderSystem(ResumableSystem):
         per_row = min(8, n)
         images = torch.stack([val[i][0] for i in range(min(per_row, len(val)))]).to(self.device)
         mean, _ = self.autoencoder.encode(to_unit_range(images))
-        recon = torch.round((self.autoencoder.decode(mean).clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
-        return torch.cat([images, recon]), len(images)
+        return torch.cat([images, to_uint8(self.autoencoder.decode(mean))]), len(images)
 
 
 def load_autoencoder(path: str | Path) -> tuple[AutoencoderSystem, dict[str, Any]]:

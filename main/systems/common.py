@@ -91,9 +91,10 @@ class ResumableSystem(pl.LightningModule):
                 torch.cuda.set_rng_state_all(state["cuda"])
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path):
-        """Rebuild a trained system from its checkpoint alone (the checkpoint carries its config)."""
-        checkpoint = load_checkpoint(path, cls.STAGE)
+    def from_checkpoint(cls, path: str | Path, checkpoint: dict[str, Any] | None = None):
+        """Rebuild a trained system from its checkpoint alone (the checkpoint carries its config); ``checkpoint``: the
+        file's contents if already read with `load_checkpoint`."""
+        checkpoint = load_checkpoint(path, cls.STAGE) if checkpoint is None else checkpoint
         cls.upgrade_checkpoint(checkpoint)
         system = cls(**checkpoint["hyper_parameters"])
         result = system.load_state_dict(checkpoint["state_dict"], strict=False)

@@ -26,21 +26,12 @@ from main.models.diffusion.corruptions import check_augmentation, random_corrupt
 from main.models.diffusion.guidance import ConditionedDenoiser, class_labels_for
 from main.models.diffusion.unet import UNet
 from main.models.latent_space import stage_one_model
-from main.models.vdvae import HierarchicalVAE
 from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8, to_unit_range
 
 # Stage one is frozen in eval mode on purpose; Lightning warns about any module in eval mode at fit start.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> floats in [-1, 1] (the refiner models all 8 bits, whatever stage one's bit depth)."""
-    return images.float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 class StageTwoSystem(GuardedSystem):
@@ -69,7 +60,7 @@ class StageTwoSystem(GuardedSystem):
         self.stage_one = stage_one_model(stage_one["model"], stage_one.get("autoencoder"), data["image_size"]) if stage_one else None
         if self.stage_one is not None:
             self.stage_one.requires_grad_(False).eval()
-            self.conditioning_k = posterior_groups(conditioning["k"], self.stage_one)
+            self.conditioning_k = self.stage_one.groups(conditioning["k"], "conditioning.k")
             check_augmentation(conditioning.get("corruption"))
         self.register_buffer("nonfinite_conditions", torch.zeros((), dtype=torch.long))
 
@@ -102,10 +93,11 @@ class StageTwoSystem(GuardedSystem):
         return labels if self.stage_one is not None and self.stage_one.num_classes else None
 
     @torch.no_grad()
-    def condition(self, images: torch.Tensor, labels: torch.Tensor | None = None, generator=None, k: int | None = None) -> torch.Tensor:
-        """Stage-one image y in [-1, 1] for uint8 images [N, C, H, W]: the VAE's reconstruction with the first k groups."""
+    def condition(self, images: torch.Tensor, labels: torch.Tensor | None = None, generator=None, k: int | str | None = None):
+        """Stage-one image y in [-1, 1] for uint8 images [N, C, H, W]: the VAE's reconstruction with the first k groups
+        (None: the k the refiner was trained with)."""
         c = self.hparams.conditioning
-        k = self.conditioning_k if k is None else posterior_groups(k, self.stage_one)
+        k = self.conditioning_k if k is None else k
         y = self.stage_one.reconstruct(
             images, self.vae_labels(labels), k=k, temperature=c["temperature"], generator=generator, output=c["output"]
         )
@@ -133,14 +125,14 @@ class StageTwoSystem(GuardedSystem):
         return adamw_with_warmup(self.unet.parameters(), self.hparams.optim)
 
     def loss(self, unet: UNet, images: torch.Tensor, labels: torch.Tensor, keep=None, generator=None) -> torch.Tensor:
-        """Per-image diffusion loss [N] of uint8 images with their stage-one conditions."""
+        """Per-image diffusion loss [N] of uint8 images with their stage-one conditions (all 8 bits, whatever stage one's bit depth)."""
         y = self.condition(images, labels, generator) if self.diffusion.is_conditional else None
         if y is not None:
             y = self.null_if_nonfinite(y)
             if self.training and self.hparams.conditioning.get("corruption"):  # augmentation: training only, not validation or sampling
                 y = random_corruption(y, self.hparams.conditioning["corruption"], generator)
         denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, len(images), images.device), keep)
-        return self.diffusion.training_loss(denoiser, to_unit(images), y, generator=generator)
+        return self.diffusion.training_loss(denoiser, to_unit_range(images), y, generator=generator)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -209,23 +201,6 @@ def interleave_rows(top: torch.Tensor, bottom: torch.Tensor, per_row: int) -> to
     """[N, ...] and [N, ...] -> [2N, ...] ordered row by row: per_row of ``top``, the same per_row of ``bottom``, ..."""
     rows = [part for pair in zip(top.split(per_row), bottom.split(per_row)) for part in pair]
     return torch.cat(rows)
-
-
-def posterior_groups(k: int | str, vae: HierarchicalVAE) -> int:
-    """How many latent groups (top first) come from the posterior: 'all', an integer 0..num_groups, or '<R>px' =
-    every group at resolutions up to R pixels (the same choice across presets of different depths)."""
-    n = vae.num_groups
-    resolutions = [shape[-1] for shape in vae.latent_shapes(1)]
-    if k == "all":
-        return n
-    if isinstance(k, str) and k.endswith("px") and k[:-2].isdigit():
-        return sum(1 for r in resolutions if r <= int(k[:-2]))
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise UserError(
-            f"conditioning.k={k!r}: use 'all', an integer 0..{n} (stage one has {n} latent groups) "
-            f"or '<R>px' for the groups up to R pixels (resolutions {sorted(set(resolutions))})"
-        )
-    return k
 
 
 def load_stage_two(path: str | Path) -> tuple[StageTwoSystem, dict[str, Any]]:

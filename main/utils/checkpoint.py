@@ -16,8 +16,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from main.utils.errors import UserError
 
 
-def load_checkpoint(path: str | Path, expected_stage: str, mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint without unpickling code, and check that it belongs to ``expected_stage``.
+def load_checkpoint(path: str | Path, expected_stage: str | tuple[str, ...], mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint without unpickling code, and check that it belongs to ``expected_stage`` (or one of them).
 
     mmap: map the tensors instead of reading them (cheap when only the config and a few tensors are looked at).
     """
@@ -28,8 +28,10 @@ def load_checkpoint(path: str | Path, expected_stage: str, mmap: bool = False) -
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"'{path}' is not a checkpoint of this project (no state_dict): pass a .ckpt file written by training")
     stage = checkpoint.get("stage")
-    if stage != expected_stage:
-        raise UserError(f"checkpoint '{path}' is of stage {stage!r}, but this command needs a {expected_stage!r} checkpoint")
+    expected = (expected_stage,) if isinstance(expected_stage, str) else expected_stage
+    if stage not in expected:
+        needed = " or ".join(map(repr, expected))
+        raise UserError(f"checkpoint '{path}' is of stage {stage!r}, but this command needs a {needed} checkpoint")
     return checkpoint
 
 

@@ -1,4 +1,5 @@
-"""Writing generated images: one PNG per image (what FID tools read), a grid, and an .npz.
+"""Images as the project stores them: uint8 pixels <-> floats in [-1, 1], and writing generated images: one PNG
+per image (what FID tools read), a grid, and an .npz.
 
 Folders are written under a temporary name and renamed when complete, so an interrupted run never
 leaves a half-written sample folder, and an existing folder is refused unless overwriting is asked.
@@ -17,6 +18,16 @@ from torchvision.io import write_png
 from torchvision.utils import make_grid, save_image
 
 from main.utils.errors import UserError
+
+
+def to_unit_range(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images -> floats in [-1, 1] (v / 127.5 - 1: 0 -> -1, 255 -> 1), the range the networks see."""
+    return images.to(dtype) / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Floats in [-1, 1] -> uint8 images: clamped, then (x + 1) * 127.5 rounded (half to even); inverts `to_unit_range`."""
+    return torch.round((x.float().clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
 
 
 def check_writable(folder: Path, overwrite: bool) -> None:
@@ -68,7 +79,7 @@ def grid_image(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     return make_grid(images, nrow=nrow or int(np.ceil(np.sqrt(len(images)))), pad_value=1.0)
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
     """uint8 images [N,C,H,W] -> one PNG grid."""
     save_image(grid_image(images, nrow), path)
 

@@ -15,10 +15,10 @@ from omegaconf import OmegaConf
 from main.callbacks.fid_metrics import FIDMetrics, fid_samples
 from main.datasets import build_datamodule
 from main.evaluation import batch_generator
-from main.systems.stage_two import to_uint8
 from main.train_ae import build_trainer, train
 from main.train_ddpm import build_system
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8
 
 N = 4  # samples per evaluation, and reference images: Inception at 299x299 costs ~0.3 s per image on one CPU thread
 

@@ -259,7 +259,7 @@ CASES = {
     "reconstruction k that is no number": (
         "test_ae.py",
         ["checkpoint={vae}", "tasks=[reconstructions]", "reconstructions.k=[two]", "out_dir={tmp}"],
-        ["reconstructions.k=['two']", "0..10 or all"],
+        ["reconstructions.k='two'", "use 'all', an integer 0..10", "'<R>px'"],
     ),
     "bits/dim on a split it does not score": (
         "test_ae.py",

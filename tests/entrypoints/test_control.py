@@ -12,11 +12,12 @@ import torch
 from helpers import ROOT, compose_config, tiny_refiner_config, tiny_train_config
 from PIL import Image
 
-from main.control import attribute_direction, load_split, load_stages, run
-from main.systems.stage_two import to_uint8
+from main.control import attribute_direction, load_stages, run
+from main.datasets import first_images
 from main.train_ae import train as train_stage_one
 from main.train_ddpm import train
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8
 
 CELL = 66  # a grid cell: 8 px images shown at 64 px, plus make_grid's 2 px padding
 
@@ -63,7 +64,7 @@ def test_strength_zero_keeps_the_image_and_the_strips_show_every_strength(refine
     out = tmp_path / "attribute"
     results, stage_one, refined = control(refiner, out, "attribute.strengths=[0,2,0]", "attribute.lower=image", "attribute.n_images=60")
     vae, _, _, data = load_stages(refiner)
-    x, labels = load_split(data, "test", 3)
+    x, labels = first_images(data, "test", 3)
     own = to_uint8(vae.reconstruct(x, labels, temperature=0.0, output="mean"))
     assert torch.equal(stage_one[:, 0], own) and torch.equal(stage_one[:, 2], own)
     assert not torch.equal(stage_one[:, 1], own)  # the direction moves the image
@@ -81,7 +82,7 @@ def test_strength_zero_with_lower_groups_from_the_prior(stage_one, tmp_path):
     """lower=prior at temperature 0: strength 0 is the top k posterior means decoded with the prior's means below them."""
     _, images, refined = control(stage_one, tmp_path / "a", "k=3", "attribute.strengths=[-1,0,1]", "attribute.n_images=60")
     vae, _, _, data = load_stages(stage_one)
-    x, labels = load_split(data, "test", 3)
+    x, labels = first_images(data, "test", 3)
     top = vae.encode_latents(x, labels, temperature=0.0)[:3]
     own = vae.sample(3, labels, temperature=0.0, output="mean", latents=[*top, *[None] * (vae.num_groups - 3)])
     assert refined is None and torch.equal(images[:, 1], to_uint8(own))
@@ -91,7 +92,7 @@ def test_strength_zero_with_lower_groups_from_the_prior(stage_one, tmp_path):
 def test_the_direction_is_the_mean_difference_of_posterior_latents(stage_one, tmp_path):
     """Class 3 against the rest, recomputed one image at a time with numpy."""
     vae, _, _, data = load_stages(stage_one)
-    x, labels = load_split(data, "train", 40)
+    x, labels = first_images(data, "train", 40)
     latents = [[z[0].numpy().astype(np.float64) for z in vae.encode_latents(x[i : i + 1], labels[i : i + 1])[:2]] for i in range(40)]
     has = labels.numpy() == 3
     expected = [
@@ -128,7 +129,7 @@ def test_class_swap_changes_the_image_with_the_label_and_keeps_it_under_its_own(
     out = tmp_path / "swap"
     results, stage_one, refined = control(refiner, out, "task=class_swap", "k=2")
     vae, _, _, data = load_stages(refiner)
-    x, labels = load_split(data, "test", 3)
+    x, labels = first_images(data, "test", 3)
     top = vae.encode_latents(x, labels, temperature=0.0)[:2]
     own = to_uint8(vae.sample(3, labels, temperature=0.0, output="mean", latents=[*top, *[None] * (vae.num_groups - 2)]))
     for i, label in enumerate(labels.tolist()):
@@ -170,8 +171,9 @@ def test_class_swap_needs_a_class_conditional_model(unconditional, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["k=11"], r"k=11: use 1\.\.10 \(stage one has 10 latent groups\)"),
-        (["k=0"], r"k=0: use 1\.\.10"),
+        (["k=11"], r"k=11: use 'all', an integer 1\.\.10 \(stage one has 10 latent groups\)"),
+        (["k=0"], r"k=0: use 'all', an integer 1\.\.10"),
+        (["k=0px"], r"k='0px': use 'all', an integer 1\.\.10 .* '<R>px' for the groups up to R pixels \(resolutions \[1, 4, 8\]\)"),
         (["attribute.attributes_file=/nonexistent/attributes.csv"], "attributes_file '/nonexistent/attributes.csv' does not exist"),
         (["attribute.attribute=12"], r"attribute=12: without an attributes_file it is a class id, 0\.\.9"),
         (["task=morph"], r"unknown task 'morph'"),

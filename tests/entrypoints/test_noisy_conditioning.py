@@ -10,13 +10,14 @@ import torch
 from helpers import compose_config, tiny_refiner_config, tiny_train_config
 from PIL import Image
 
-from main.control import load_split
+from main.datasets import first_images
 from main.evaluation import batch_generator
 from main.noisy_conditioning import evaluate, psnr, ssim
-from main.systems.stage_two import load_stage_two, to_uint8
+from main.systems.stage_two import load_stage_two
 from main.train_ae import train as train_stage_one
 from main.train_ddpm import build_system, train
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8
 
 MIXED = "ddpm.conditioning.corruption={kind:mixed,max_strength:{gaussian_noise:0.2,blur:1.0,jpeg:60},p:0.5}"
 
@@ -82,7 +83,7 @@ def test_clean_scores_match_an_independent_recomputation(refiner, tmp_path):
         eval_config(refiner, tmp_path / "noisy", "corruptions.gaussian_noise=[0]", "corruptions.blur=[]", "corruptions.jpeg=[]")
     )
     system, _ = load_stage_two(refiner)
-    x, labels = load_split(system.hparams.data, "test", 6)
+    x, labels = first_images(system.hparams.data, "test", 6)
     scores = []
     for start in (0, 4):
         batch = slice(start, start + 4)
@@ -114,7 +115,7 @@ def test_y_is_corrupted_in_training_only(refiner, monkeypatch):
     monkeypatch.setattr(system.diffusion, "training_loss", lambda denoiser, x, y, generator=None: seen.append(y) or torch.zeros(len(x)))
     original = stage_two.random_corruption
     monkeypatch.setattr(stage_two, "random_corruption", lambda *args: calls.append(1) or original(*args))
-    x, labels = load_split(system.hparams.data, "test", 8)
+    x, labels = first_images(system.hparams.data, "test", 8)
     clean = system.condition(x, labels, torch.Generator().manual_seed(0))
     system.train().loss(system.unet, x, labels, generator=torch.Generator().manual_seed(0))
     system.eval().loss(system.ema.module, x, labels, generator=torch.Generator().manual_seed(0))

@@ -61,6 +61,18 @@ def test_every_task_writes_images_grids_npz_and_results(checkpoint, tmp_path):
     assert not list(tmp_path.glob("**/.*.partial"))
 
 
+def test_reconstructions_take_k_in_pixels_all_and_numbers(checkpoint, tmp_path):
+    """The digits VAE's groups sit at [1, 4, 4, 4, 4, 8, 8, 8, 8, 8] pixels: '4px' is k=5; 'all' and 10 are the same k."""
+    common = ["tasks=[reconstructions]", "reconstructions.n=3"]
+    metrics = evaluate(eval_config(checkpoint, tmp_path / "px", *common, "reconstructions.k=[4px,all,10]"))["metrics"]
+    assert sorted(key for key in metrics if key.startswith("recon_mse")) == ["recon_mse_k10", "recon_mse_k5"]
+    evaluate(eval_config(checkpoint, tmp_path / "int", *common, "reconstructions.k=5"))
+    px, number = (sorted((tmp_path / run / "reconstructions" / "k5").glob("*.png")) for run in ("px", "int"))
+    assert len(px) == 3 and [p.read_bytes() for p in px] == [p.read_bytes() for p in number]
+    with pytest.raises(UserError, match=r"reconstructions.k='eleven': use 'all', an integer 0\.\.10 .* '<R>px'"):
+        evaluate(eval_config(checkpoint, tmp_path / "bad", *common, "reconstructions.k=[0,eleven]"))
+
+
 def test_iw_bpd_reports_both_bounds_on_the_same_images_with_standard_errors(checkpoint, tmp_path):
     out = tmp_path / "eval"
     metrics = evaluate(eval_config(checkpoint, out, "tasks=[bpd,iw_bpd]", "iw_bpd.samples=16", "iw_bpd.n_images=40"))["metrics"]

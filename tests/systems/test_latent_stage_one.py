@@ -4,6 +4,7 @@ and sampling through test_ae, and a refiner on top; all from checkpoints alone."
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -71,6 +72,19 @@ def test_test_ae_evaluates_and_samples_a_latent_checkpoint(stages, tmp_path):
     groups = load_stage_one(stages["stage_one"])[0].vae.num_groups
     assert metrics[f"recon_mse_k{groups}"] < metrics["recon_mse_k0"]
     assert len(list((tmp_path / "eval" / "class_samples").glob("*.png"))) == 10
+
+
+def test_the_python_api_samples_and_scores_a_latent_stage_one(stages):
+    from main import load
+    from main.datasets import first_images
+
+    model = load(stages["stage_one"], "cpu")
+    images = model.sample(5, seed=0, labels=3, batch_size=2)
+    assert images.shape == (5, 1, 8, 8) and images.dtype == torch.uint8
+    assert torch.equal(images, model.sample(5, seed=0, labels=3, batch_size=2))
+    x, labels = first_images(model.data, "test", 6)
+    bpd = model.bpd(x, labels)  # per latent dimension
+    assert math.isfinite(bpd) and bpd == model.bpd(x, labels) and bpd != model.bpd(x, labels, seed=1)
 
 
 def test_a_refiner_trains_on_a_latent_stage_one_and_samples_from_its_checkpoint(stages):

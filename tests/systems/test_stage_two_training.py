@@ -79,13 +79,15 @@ def test_conditioning_with_all_groups_is_closer_to_the_image_than_a_prior_sample
 
 
 def test_k_in_pixels_counts_the_groups_up_to_that_resolution(refiner):
-    from main.systems.stage_two import posterior_groups
-
     system, _ = load_stage_two(refiner)
-    resolutions = [shape[-1] for shape in system.stage_one.latent_shapes(1)]
-    assert posterior_groups("4px", system.stage_one) == sum(r <= 4 for r in resolutions) > 0
-    assert posterior_groups("1px", system.stage_one) == resolutions.count(1)
-    assert posterior_groups(f"{max(resolutions)}px", system.stage_one) == posterior_groups("all", system.stage_one) == len(resolutions)
+    vae = system.stage_one
+    resolutions = [shape[-1] for shape in vae.latent_shapes(1)]
+    assert vae.groups("4px") == sum(r <= 4 for r in resolutions) > 0
+    assert vae.groups("1px") == resolutions.count(1)
+    assert vae.groups(f"{max(resolutions)}px") == vae.groups("all") == len(resolutions)
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    pixels, groups = (system.condition(images, generator=torch.Generator().manual_seed(0), k=k) for k in ("4px", vae.groups("4px")))
+    assert torch.equal(pixels, groups)
 
 
 @pytest.mark.parametrize("k", [-1, 99, "some", "px"])

@@ -19,6 +19,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms.functional import gaussian_blur as _blur
 
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8, to_unit_range
 
 KINDS = ("gaussian_noise", "blur", "jpeg")
 MAX_STRENGTH = {"gaussian_noise": 10.0, "blur": 100.0, "jpeg": 99.0}  # jpeg: quality 1 is the lowest
@@ -42,9 +43,8 @@ def gaussian_blur(y: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def jpeg(y: torch.Tensor, quality: int) -> torch.Tensor:
     """y round-tripped through JPEG at ``quality`` (1..100), via uint8 as a stored file would be."""
-    pixels = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    decoded = decode_jpeg(encode_jpeg(list(pixels), quality=int(quality)))
-    return torch.stack(decoded).to(y.device, y.dtype) / 127.5 - 1.0
+    decoded = decode_jpeg(encode_jpeg(list(to_uint8(y).cpu()), quality=int(quality)))
+    return to_unit_range(torch.stack(decoded).to(y.device), y.dtype)
 
 
 def corrupt(y: torch.Tensor, kind: str, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -131,6 +131,24 @@ class HierarchicalVAE(nn.Module):
         """Shape [n, zdim, res, res] of each latent group, top (coarsest) first."""
         return [(n, block.zdim, block.resolution, block.resolution) for block in self.decoder.blocks]
 
+    def groups(self, k: int | str, key: str = "k", minimum: int = 0) -> int:
+        """How many latent groups (top first) ``k`` takes from the posterior: an integer, 'all', or '<R>px' = every
+        group at resolutions up to R pixels (the same choice across presets of different depths). ``key`` names the
+        setting in the error; ``minimum``: the fewest groups the caller can use."""
+        n, resolutions = self.num_groups, [shape[-1] for shape in self.latent_shapes(1)]
+        if k == "all":
+            groups = n
+        elif isinstance(k, str) and k.endswith("px") and k[:-2].isdigit():
+            groups = sum(r <= int(k[:-2]) for r in resolutions)
+        else:
+            groups = k if isinstance(k, int) and not isinstance(k, bool) else None
+        if groups is None or not minimum <= groups <= n:
+            raise UserError(
+                f"{key}={k!r}: use 'all', an integer {minimum}..{n} (stage one has {n} latent groups) "
+                f"or '<R>px' for the groups up to R pixels (resolutions {sorted(set(resolutions))})"
+            )
+        return groups
+
     def _choices(self, k: int, temperature: float | Sequence[float] = 1.0, noise=None, latents=None) -> list[GroupChoice]:
         temps = _per_group(temperature, self.num_groups, "temperature")
         noise, latents = (self._per_group_tensors(v, name) for v, name in ((noise, "noise"), (latents, "latents")))
@@ -216,15 +234,13 @@ class HierarchicalVAE(nn.Module):
         self,
         x: torch.Tensor,
         labels: torch.Tensor | None = None,
-        k: int | None = None,
+        k: int | str | None = None,
         temperature: float | Sequence[float] = 1.0,
         generator: torch.Generator | None = None,
         output: str = "sample",
     ) -> torch.Tensor:
-        """Images in [-1, 1] with the first k groups from the posterior of x and the rest from the prior."""
-        k = self.num_groups if k is None else k
-        if not 0 <= k <= self.num_groups:
-            raise UserError(f"k={k} latent groups from the posterior: the model has {self.num_groups}, use 0..{self.num_groups}")
+        """Images in [-1, 1] with the first k groups (see `groups`; None: all) from the posterior of x, the rest from the prior."""
+        k = self.num_groups if k is None else self.groups(k)
         activations = self.encoder(self._encoder_input(x)) if k else None
         features, _, _ = self.decoder(self._choices(k, temperature), x.shape[0], activations, labels, generator)
         return self.render(features, output, generator)

@@ -517,6 +517,41 @@ def test_unknown_output_is_a_user_error():
     assert "unknown output 'median'" in user_error(tiny(perturb=False).sample, 1, output="median")
 
 
+# ---- k: latent groups from the posterior -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("k", "groups"),
+    [(0, 0), (3, 3), (5, 5), ("all", 5), ("0px", 0), ("1px", 1), ("3px", 1), ("4px", 3), ("7px", 3), ("8px", 5), ("64px", 5)],
+)
+def test_groups_counts_integers_all_and_every_group_up_to_r_pixels(k, groups):
+    """TINY's decoder "1x1,4m1,4x1,8m4,8x1" has one latent group per block, at resolutions [1, 4, 4, 8, 8]."""
+    model = tiny(perturb=False)
+    assert [shape[-1] for shape in model.latent_shapes(1)] == [1, 4, 4, 8, 8]
+    assert model.groups(k) == groups
+
+
+@pytest.mark.parametrize("k", [-1, 6, True, 2.0, "3", "some", "px", "4 px", None])
+def test_a_bad_k_is_one_line_naming_every_form(k):
+    message = user_error(tiny(perturb=False).groups, k, "reconstructions.k")
+    assert message == (
+        f"reconstructions.k={k!r}: use 'all', an integer 0..5 (stage one has 5 latent groups) "
+        "or '<R>px' for the groups up to R pixels (resolutions [1, 4, 8])"
+    )
+
+
+def test_groups_refuses_fewer_than_the_callers_minimum():
+    model = tiny(perturb=False)
+    assert model.groups("1px", minimum=1) == 1
+    assert "k='0px': use 'all', an integer 1..5" in user_error(model.groups, "0px", minimum=1)
+    assert "k=0: use 'all', an integer 1..5" in user_error(model.groups, 0, minimum=1)
+
+
+def test_reconstruct_takes_k_in_every_form():
+    model, x = tiny(), images(2)
+    a = model.reconstruct(x, k="4px", generator=gen(5), output="mean")
+    assert torch.equal(a, model.reconstruct(x, k=3, generator=gen(5), output="mean"))
+    assert torch.equal(model.reconstruct(x, k="all", generator=gen(5)), model.reconstruct(x, generator=gen(5)))
+
+
 # ---- reconstruction --------------------------------------------------------------------------------------------------
 def test_reconstruct_with_no_posterior_groups_ignores_the_images():
     model = tiny()
@@ -547,7 +582,7 @@ def test_reconstruct_at_temperature_zero_is_deterministic():
 @pytest.mark.parametrize("k", [-1, 6, 100])
 def test_reconstruct_k_out_of_range_is_a_user_error(k):
     model = tiny(perturb=False)
-    assert "use 0..5" in user_error(model.reconstruct, images(2), k=k)
+    assert f"k={k}: use 'all', an integer 0..5" in user_error(model.reconstruct, images(2), k=k)
 
 
 # ---- class conditioning ---------------------------------------------------------------------------------------------------
