@@ -109,7 +109,9 @@ class RunCheckpoint(ModelCheckpoint):
 
         best = state_dict.get("best_k_models", {})
         if state_dict.get("dirpath") != self.dirpath and all(os.path.isfile(here(path)) for path in best):
-            moved = {key: here(state_dict[key]) for key in ("best_model_path", "kth_best_model_path", "last_model_path") if key in state_dict}
+            moved = {
+                key: here(state_dict[key]) for key in ("best_model_path", "kth_best_model_path", "last_model_path") if key in state_dict
+            }
             state_dict = {**state_dict, **moved, "dirpath": self.dirpath, "best_k_models": {here(p): score for p, score in best.items()}}
         super().load_state_dict(state_dict)
 
@@ -169,7 +171,9 @@ def locked_run_dir(run_dir: Path) -> Iterator[bool]:
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
-            raise UserError(f"run_dir '{run_dir}' is in use by another run ({holder}): wait for it to end, or start a new run with name=<new name>") from None
+            raise UserError(
+                f"run_dir '{run_dir}' is in use by another run ({holder}): wait for it to end, or start a new run with name=<new name>"
+            ) from None
         except OSError as err:  # a file system without locks (some network mounts)
             rank_zero_warn(f"cannot lock run_dir '{run_dir}' ({err.strerror}): make sure no other run uses it")
         lock.seek(0)
@@ -208,7 +212,9 @@ def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
         last = checkpoint_dir / "last.ckpt"
         saver = next(callback for callback in trainer.checkpoint_callbacks if callback.monitor is None)  # the one of last.ckpt
-        if trainer.global_step > max(saver._last_global_step_saved, 0):  # updates after the last validation (max_steps or max_time mid-interval)
+        if trainer.global_step > max(
+            saver._last_global_step_saved, 0
+        ):  # updates after the last validation (max_steps or max_time mid-interval)
             trainer.save_checkpoint(last)
     return last
 

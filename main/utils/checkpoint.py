@@ -85,7 +85,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if disk_full(err):
                 newest = max(path.parent.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
                 kept = f"the latest complete checkpoint is still '{newest}'" if newest else "no checkpoint was saved before"
-                raise UserError(f"the disk is full: saving checkpoint '{path}' failed and was cleaned up; {kept}: free space, then resume") from None
+                raise UserError(
+                    f"the disk is full: saving checkpoint '{path}' failed and was cleaned up; {kept}: free space, then resume"
+                ) from None
             raise
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:

@@ -36,7 +36,9 @@ def check_writable(folder: Path, overwrite: bool) -> None:
     Hidden entries do not count: the .<name>.partial folders of an interrupted run (replaced), or of other ranks starting.
     """
     if folder.is_dir() and any(not entry.name.startswith(".") for entry in folder.iterdir()) and not overwrite:
-        raise UserError(f"'{folder}' already holds results or other files: pass overwrite=true to write over them, or choose another out_dir")
+        raise UserError(
+            f"'{folder}' already holds results or other files: pass overwrite=true to write over them, or choose another out_dir"
+        )
 
 
 def start_staging(folder: Path, create: bool = True) -> Path:

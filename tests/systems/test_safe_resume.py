@@ -40,7 +40,9 @@ def test_a_moved_run_folder_resumes_in_place(tmp_path):
     """Lightning's checkpoint state remembers the folder's old path; resuming must still write last.ckpt and best.ckpt,
     not last-v1.ckpt beside a stale last.ckpt, and keep the best score."""
     first = tmp_path / "first"
-    score = best_state(load_checkpoint(train_stage_one(tiny_train_config(first, "trainer.max_steps=4", "trainer.val_check_interval=2")), "vae"))
+    score = best_state(
+        load_checkpoint(train_stage_one(tiny_train_config(first, "trainer.max_steps=4", "trainer.val_check_interval=2")), "vae")
+    )
     moved = tmp_path / "renamed"
     shutil.move(first, moved)
     last = train_stage_one(tiny_train_config(moved, "trainer.max_steps=8", "trainer.val_check_interval=2", "resume=true"))
@@ -87,7 +89,9 @@ def test_resume_may_read_the_data_from_elsewhere(tmp_path):
     """Where the data lives is not what it is: dataset.root and friends may change."""
     run = tmp_path / "run"
     train_stage_one(tiny_train_config(run, *TWO_STEPS))
-    last = train_stage_one(tiny_train_config(run, "trainer.max_steps=4", "trainer.val_check_interval=2", "resume=true", "dataset.root=/elsewhere"))
+    last = train_stage_one(
+        tiny_train_config(run, "trainer.max_steps=4", "trainer.val_check_interval=2", "resume=true", "dataset.root=/elsewhere")
+    )
     assert load_checkpoint(last, "vae")["global_step"] == 4
 
 
@@ -110,7 +114,9 @@ def runs(tmp_path_factory):
 
 
 def resume_refiner(runs, stage_one, *overrides):
-    return tiny_refiner_config(runs["refiner_dir"], stage_one, "trainer.max_steps=4", "trainer.val_check_interval=2", "resume=true", *overrides)
+    return tiny_refiner_config(
+        runs["refiner_dir"], stage_one, "trainer.max_steps=4", "trainer.val_check_interval=2", "resume=true", *overrides
+    )
 
 
 def test_refiner_resume_with_another_stage_one_is_refused(runs):
