@@ -34,6 +34,7 @@ def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: dict |
         data=plain(cfg.dataset),
         label_dropout=cfg.vae.label_dropout,
         autoencoder=autoencoder,
+        activation_checkpointing=cfg.vae.activation_checkpointing,
     )
     return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
 

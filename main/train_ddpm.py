@@ -76,6 +76,7 @@ def build_system(cfg: DictConfig) -> StageTwoSystem:
         optim=ddpm["optim"],
         data=data,
         stage_one=stage_one,
+        activation_checkpointing=ddpm["activation_checkpointing"],
     )
     if vae_state is not None:
         system.stage_one.load_state_dict(vae_state)

@@ -4,10 +4,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PIPENV_VENV_IN_PROJECT=1 PIPENV_VERBOSITY=-1 PIPENV_YES=1
 export HYDRA_FULL_ERROR="${HYDRA_FULL_ERROR:-0}"
+export PATH="$(python3 -m site --user-base)/bin:$PATH"  # where pip --user puts pipenv
 if ! command -v pipenv >/dev/null 2>&1; then
   echo "installing pipenv ..."
   python3 -m pip install --quiet --user pipenv || python3 -m pip install --quiet pipenv
-  export PATH="$(python3 -m site --user-base)/bin:$PATH"
 fi
 stamp=".venv/.synced-$(sha256sum Pipfile.lock | cut -c1-16)"
 if [ ! -f "$stamp" ]; then

@@ -1,4 +1,4 @@
-"""Speed benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent [--quick]`.
+"""Speed and memory benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent|memory [--quick]`.
 
 Each preset is measured in its own process (so peak memory is its own), with the load average
 before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
@@ -19,11 +19,24 @@ latent (stage one in latent space against pixel space, at the same output resolu
 sampling images/s of the pixel-space VAE and of the latent-space VAE plus the autoencoder's decoder,
 interleaved; at 32 px the CPU presets (cifar10_cpu against cifar10_latent_cpu with our KL-f4 autoencoder),
 at 256 px the FFHQ-256 presets (ffhq256 against ffhq256_latent with Stable Diffusion's KL-f8 architecture).
+
+memory (activation checkpointing): for the VAE presets cifar10_cpu and cifar10 and the refiner presets
+ddpm=cifar10_cpu and ddpm=cifar10 (over a cifar10_cpu stage one with random weights), batch 16, fp32, each
+without and with activation_checkpointing, each configuration in a fresh process: the median time of a real
+training step (Lightning's loop with our system: forward, backward, clipping, fused AdamW, EMA; 1 warm-up and 3
+timed steps) and its peak memory above what the process holds when training starts (weights, EMA, stage one), so
+gradients and Adam's moments count. On a GPU that is torch.cuda.max_memory_allocated. The CPU has no allocation
+statistics, so the resident set's high-water mark stands in (VmHWM, reset when training starts through
+/proc/self/clear_refs). glibc's malloc keeps freed memory in its heap, fragmented, so the timed steps' mark
+(peak_step_rss_default_malloc_mb: what the process really held) overstates the tensors in use; one more, untimed
+step runs with every allocation of 64 KiB or more mapped on its own and unmapped when freed, and its mark is the
+peak of the live tensors (peak_step_mb), the figure comparable to a GPU's. --quick measures the CPU presets only.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -46,18 +59,20 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def compose_preset(preset: str, dataset: str = "cifar10"):
+def compose_preset(preset: str, dataset: str = "cifar10", overrides: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "main" / "configs"), version_base="1.3"):
-        return compose("train_ae", overrides=[f"dataset={dataset}", f"vae={preset}", "run_dir=/tmp/unused", "name=bench"])
+        return compose("train_ae", overrides=[f"dataset={dataset}", f"vae={preset}", "run_dir=/tmp/unused", "name=bench", *overrides])
 
 
-def compose_ddpm(preset: str):
+def compose_ddpm(preset: str, overrides: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "main" / "configs"), version_base="1.3"):
-        return compose("train_ddpm", overrides=["dataset=cifar10", f"ddpm={preset}", "run_dir=/tmp/unused", "name=bench", "stage_one=null"])
+        return compose(
+            "train_ddpm", overrides=["dataset=cifar10", f"ddpm={preset}", "run_dir=/tmp/unused", "name=bench", "stage_one=null", *overrides]
+        )
 
 
 class StepTimer(pl.Callback):
@@ -75,18 +90,24 @@ class StepTimer(pl.Callback):
 
 def train_step_seconds(cfg, batch: int, steps: int, precision: str = "32", channels_last: bool = False) -> list[float]:
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
 
     from main.train_ae import build_system
 
     torch.manual_seed(0)
     cfg.channels_last = channels_last
-    system = build_system(cfg)
+    return fit_steps(build_system(cfg), batch, steps, precision)
+
+
+def fit_steps(system: pl.LightningModule, batch: int, steps: int, precision="32", accelerator="cpu", callbacks=()) -> list[float]:
+    """Seconds of each of `steps` training steps of `system` in Lightning's loop, on random uint8 32x32 images without labels."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
     images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8)
     loader = DataLoader(TensorDataset(images, torch.full((len(images),), -1)), batch_size=batch)
     timer = StepTimer()
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         precision=precision,
         max_steps=steps,
@@ -95,7 +116,7 @@ def train_step_seconds(cfg, batch: int, steps: int, precision: str = "32", chann
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[timer],
+        callbacks=[timer, *callbacks],
     )
     trainer.fit(system, train_dataloaders=loader)
     return timer.times
@@ -196,19 +217,26 @@ def sampling_step_seconds(model, diffusion, batch: int, sampler: str, steps: int
 def two_stage_system(unet_preset: str):
     """A refiner of the `unet_preset` UNet over the cifar10_cpu VAE (random weights: speed does not depend on them)."""
     from main.models.diffusion.unet import unet_kwargs
+
+    return refiner_system(compose_ddpm("cifar10"), unet_kwargs(unet_preset, "form1")).eval()
+
+
+def refiner_system(ddpm_cfg, unet: dict):
+    """A refiner with `unet` and ddpm_cfg's diffusion and training settings over the cifar10_cpu VAE with random weights."""
     from main.systems.stage_two import StageTwoSystem
     from main.utils.config import plain
 
     cfg = compose_preset("cifar10_cpu")
-    ddpm = plain(compose_ddpm("cifar10").ddpm)
+    ddpm = plain(ddpm_cfg.ddpm)
     return StageTwoSystem(
-        unet=unet_kwargs(unet_preset, "form1"),
+        unet=unet,
         diffusion=ddpm["diffusion"],
         conditioning=ddpm["conditioning"],
         optim=ddpm["optim"],
         data=plain(cfg.dataset),
         stage_one={"checkpoint": None, "model": plain(cfg.vae.model), "data": plain(cfg.dataset), "global_step": 0},
-    ).eval()
+        activation_checkpointing=ddpm["activation_checkpointing"],
+    )
 
 
 def end_to_end(name: str, batch: int, quick: bool, per_step_s: float) -> dict:
@@ -322,11 +350,132 @@ def measure_latent(name: str, quick: bool) -> dict:
     }
 
 
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: VmRSS (resident now), VmHWM (its high-water mark), RssFile (file pages)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+
+
+class PeakMemory(pl.Callback):
+    """Peak memory of training steps above what the process holds when training starts (module docstring).
+
+    CUDA: torch.cuda.max_memory_allocated over all steps. CPU: the resident set's high-water mark over all but the
+    last step (glibc's default malloc: ``rss_peak``), then over the last step with every allocation of 64 KiB or more
+    mapped on its own and unmapped when freed (``peak``: the live tensors, as on CUDA).
+    """
+
+    def __init__(self, steps: int):
+        self.last = steps - 1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import torch
+
+        self.device = pl_module.device
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            return
+        self.libc = ctypes.CDLL("libc.so.6")
+        self.libc.malloc_trim(0)  # return the heap's free pages, so that the resident set is what is in use
+        self.baseline, self.file_pages = self.reset_high_water_mark(), status_kib("RssFile") * 1024
+
+    @staticmethod
+    def reset_high_water_mark() -> int:
+        """Set VmHWM to VmRSS and return it, in bytes."""
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return status_kib("VmRSS") * 1024
+
+    def above_baseline(self) -> int:
+        """The high-water mark above the baseline, less the pages of torch's libraries read in meanwhile (the first
+        backward pass pages in its kernels' code, ~50 MB): not memory the steps use."""
+        return status_kib("VmHWM") * 1024 - (status_kib("RssFile") * 1024 - self.file_pages) - self.baseline
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.device.type == "cuda" or batch_idx != self.last:
+            return
+        self.rss_peak = self.above_baseline()
+        pl_module.optimizers().zero_grad(set_to_none=True)  # the step's first action, moved before the trim
+        self.libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        self.libc.malloc_trim(0)
+        self.reset_high_water_mark()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        cuda = self.device.type == "cuda"
+        self.peak = torch.cuda.max_memory_allocated(self.device) - self.baseline if cuda else self.above_baseline()
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+# memory: the models measured, as config group=preset
+MEMORY_MODELS = ["vae=cifar10_cpu", "vae=cifar10", "ddpm=cifar10_cpu", "ddpm=cifar10"]
+MEMORY_CONFIGS = [f"{model}:{mode}" for model in MEMORY_MODELS for mode in ("plain", "checkpointed")]
+
+
+def measure_memory(name: str, quick: bool) -> dict:
+    """One configuration ("<group>=<preset>:plain|checkpointed"): peak training-step memory and step time."""
+    import torch
+
+    from main.train_ae import build_system
+    from main.train_ddpm import refiner_unet_kwargs
+
+    model, mode = name.split(":")
+    group, preset = model.split("=")
+    setting = f"{group}.activation_checkpointing={str(mode == 'checkpointed').lower()}"
+    torch.manual_seed(0)
+    if group == "vae":
+        system, trained = build_system(compose_preset(preset, overrides=(setting,))), "vae"
+    else:
+        cfg = compose_ddpm(preset, overrides=(setting,))
+        system, trained = refiner_system(cfg, refiner_unet_kwargs(cfg)), "unet"
+    n_params = sum(p.numel() for p in getattr(system, trained).parameters())
+    batch, warmup, steps = 16, 1, 3
+    meter = PeakMemory(warmup + steps + 1)  # the last step measures the live peak on the CPU, untimed
+    times = fit_steps(system, batch, warmup + steps + 1, accelerator="auto", callbacks=[meter])[warmup : warmup + steps]
+    cpu = meter.device.type == "cpu"
+    return {
+        "model": model,
+        "activation_checkpointing": mode == "checkpointed",
+        "batch": batch,
+        "device": str(meter.device),
+        "n_params": n_params,
+        "step_s_median": statistics.median(times),
+        "step_s_all": times,
+        "peak_step_mb": meter.peak / 2**20,
+        **({"peak_step_rss_default_malloc_mb": meter.rss_peak / 2**20} if cpu else {}),
+        "baseline_mb": meter.baseline / 2**20,
+        "gradients_and_adam_moments_mb": 3 * 4 * n_params / 2**20,  # fp32; part of every step's peak, checkpointed or not
+    }
+
+
+def memory_ratios(results: dict) -> dict:
+    """Per model: plain and checkpointed peak step memory and median step time, and checkpointed / plain, from one run."""
+    ratios = {}
+    for model in MEMORY_MODELS:
+        plain_run, checkpointed = (results.get(f"{model}:{mode}") for mode in ("plain", "checkpointed"))
+        if plain_run and checkpointed:
+            keys = [key for key in ("peak_step_mb", "peak_step_rss_default_malloc_mb", "step_s_median") if key in plain_run]
+            ratios[model] = {
+                key: {"plain": plain_run[key], "checkpointed": checkpointed[key], "ratio": checkpointed[key] / plain_run[key]} for key in keys
+            }
+    return ratios
+
+
 SUITES = {
     "stage1": (list(PRESETS), measure_stage1),
     "stage2": (UNET_PRESETS, measure_stage2),
     "latent": (list(LATENT_PAIRS), measure_latent),
+    "memory": (MEMORY_CONFIGS, measure_memory),
 }
+QUICK = {"memory": [c for c in MEMORY_CONFIGS if c.split(":")[0].endswith("_cpu")]}  # other suites: their first (small) preset
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as lscpu reports it."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
 
 
 def measure_in_this_process(suite: str, name: str, quick: bool) -> dict:
@@ -344,7 +493,7 @@ def measure_in_this_process(suite: str, name: str, quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", choices=list(SUITES))
-    parser.add_argument("--quick", action="store_true", help="small preset only, fewer steps")
+    parser.add_argument("--quick", action="store_true", help="small presets only, fewer steps")
     parser.add_argument("--preset", help="internal: measure one preset of the suite in this process")
     args = parser.parse_args()
     presets = SUITES[args.suite][0]
@@ -359,14 +508,16 @@ def main() -> None:
         "suite": args.suite,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown"),
+        "cpu": cpu_model(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "results": {},
     }
-    for name in presets[:1] if args.quick else presets:  # the first preset of each suite is the small one
+    for name in QUICK.get(args.suite, presets[:1]) if args.quick else presets:
         cmd = [sys.executable, __file__, args.suite, "--preset", name] + (["--quick"] if args.quick else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         report["results"][name] = json.loads(out.strip().splitlines()[-1])
+    if args.suite == "memory":
+        report["ratios"] = memory_ratios(report["results"])
     print(json.dumps(report, indent=2))
 
 

@@ -28,14 +28,23 @@ class StageOneSystem(GuardedSystem):
     RESUME_MUST_MATCH = {"data": "dataset", "model": "vae.model", "autoencoder": "vae.autoencoder"}
     FROZEN = {"autoencoder": "vae.autoencoder"}
 
-    def __init__(self, model: dict, optim: dict, data: dict, label_dropout: float = 0.0, autoencoder: dict | None = None):
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        data: dict,
+        label_dropout: float = 0.0,
+        autoencoder: dict | None = None,
+        activation_checkpointing: bool = False,
+    ):
         """model: HierarchicalVAE kwargs; optim: lr, betas, weight_decay, warmup_steps, grad_clip,
         skip_threshold, max_consecutive_skips, ema_rate; data: the data set config (kept for evaluation);
-        autoencoder: in latent space, the spec of the frozen autoencoder whose latents the VAE models."""
+        autoencoder: in latent space, the spec of the frozen autoencoder whose latents the VAE models;
+        activation_checkpointing: recompute the VAE's block activations in the backward pass (a training setting)."""
         super().__init__()
         check_optim(optim, "vae.optim")
         self.save_hyperparameters()
-        self.vae = HierarchicalVAE(**model)
+        self.vae = HierarchicalVAE(**model, activation_checkpointing=activation_checkpointing)
         self.autoencoder = build_autoencoder(autoencoder).requires_grad_(False).eval() if autoencoder else None
         self.ema = AveragedModel(self.vae, multi_avg_fn=ema_update(optim["ema_rate"], optim.get("ema_warmup", True)), use_buffers=True)
         self.ema.requires_grad_(False)

@@ -39,15 +39,25 @@ class StageTwoSystem(GuardedSystem):
     RESUME_MUST_MATCH = {"data": "dataset", "diffusion": "ddpm.diffusion", "unet": "ddpm.unet"}
     FROZEN = {"stage_one": "stage_one"}
 
-    def __init__(self, unet: dict, diffusion: dict, conditioning: dict, optim: dict, data: dict, stage_one: dict | None = None):
+    def __init__(
+        self,
+        unet: dict,
+        diffusion: dict,
+        conditioning: dict,
+        optim: dict,
+        data: dict,
+        stage_one: dict | None = None,
+        activation_checkpointing: bool = False,
+    ):
         """unet: UNet kwargs; diffusion: formulation, schedule, num_timesteps, prediction; conditioning: k, temperature,
         output, dropout; optim: lr, betas, weight_decay, warmup_steps, grad_clip, ema_rate, ema_warmup (and optionally
         skip_threshold, max_consecutive_skips); data: the data set config; stage_one: {checkpoint, model (VAE kwargs),
-        data, global_step, autoencoder (latent space)}, None for the unconditional baseline."""
+        data, global_step, autoencoder (latent space)}, None for the unconditional baseline; activation_checkpointing:
+        recompute the UNet's block activations in the backward pass (a training setting)."""
         super().__init__()
         check_optim(optim, "ddpm.optim")
         self.save_hyperparameters()
-        self.unet = UNet(**unet)
+        self.unet = UNet(**unet, activation_checkpointing=activation_checkpointing)
         self.ema = AveragedModel(self.unet, multi_avg_fn=ema_update(optim["ema_rate"], optim.get("ema_warmup", True)), use_buffers=True)
         self.ema.requires_grad_(False)
         betas = get_beta_schedule(diffusion["schedule"], diffusion["num_timesteps"])

@@ -18,6 +18,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from main.models.checkpointing import run_block
 from main.models.diffusion.unet_blocks import AttentionBlock, Downsample, EmbedSequential, ResBlock, Upsample, timestep_embedding
 from main.utils.errors import UserError
 
@@ -34,6 +35,8 @@ class UNet(nn.Module):
         num_heads, dropout, use_scale_shift_norm: as in improved-diffusion.
         num_classes: if set, adds nn.Embedding(num_classes + 1, 4 * model_channels); index num_classes is the
             null class used when class_labels is None.
+        activation_checkpointing: in training, keep only each input, middle and output block's inputs and recompute
+            the rest in the backward pass (same gradients, much less memory, more time).
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         conv_resample: bool = True,
         norm_groups: int = 32,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         channel_mult = tuple(int(m) for m in channel_mult)
         levels = len(channel_mult)
         if image_size % 2 ** (levels - 1):
@@ -117,15 +122,21 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(class_labels)
         elif class_labels is not None:
             raise ValueError("this UNet has no class embedding (num_classes is None)")
+        checkpointed = self.activation_checkpointing and self.training
         skips = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = run_block(block, h, emb, checkpointed=checkpointed)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = run_block(self.middle_block, h, emb, checkpointed=checkpointed)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = run_block(with_skip, block, h, skips.pop(), emb, checkpointed=checkpointed)
         return self.out(h)
+
+
+def with_skip(block: EmbedSequential, h: torch.Tensor, skip: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """An output block on its input concatenated with the skip connection (checkpointed, the concatenation is not kept)."""
+    return block(torch.cat([h, skip], dim=1), emb)
 
 
 @dataclasses.dataclass(frozen=True)

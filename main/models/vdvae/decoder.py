@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from main.models.checkpointing import run_block
 from main.models.vdvae.blocks import BlockSpec, Bottleneck, conv, depth_scale, scale_
 from main.models.vdvae.encoder import match_width
 from main.models.vdvae.gaussian import gaussian_kl, gaussian_log_ratio, gaussian_sample, guided_prior
@@ -91,9 +92,11 @@ class Decoder(nn.Module):
         no_bias_above: int,
         image_size: int,
         num_classes: int = 0,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         self.widths = widths
+        self.activation_checkpointing = activation_checkpointing
         self.image_size = image_size
         self.num_classes = num_classes
         num_labels = num_classes + 1 if num_classes else 0  # the extra label is the null label
@@ -143,6 +146,8 @@ class Decoder(nn.Module):
                 raise UserError("guidance needs a class-conditional model sampling from its prior")
             label_index = torch.cat([label_index, torch.full_like(label_index, self.num_classes)])
             batch *= 2
+        # The recomputation repeats the latent draws only when they come from the default generator (run_block).
+        checkpointed = self.activation_checkpointing and self.training and generator is None
         states: dict[int, torch.Tensor] = {}
         zs, kls = [], []
         for block, choice in zip(self.blocks, choices):
@@ -159,7 +164,9 @@ class Decoder(nn.Module):
                 upsampled = F.interpolate(states[block.mixin], scale_factor=res // block.mixin, mode="nearest")
                 state = state + match_width(upsampled, state.shape[1])
             activation = activations[res] if choice.use_posterior else None
-            states[res], z, kl = block(state, activation, choice, label_index, generator, sampled_kl, guidance)
+            states[res], z, kl = run_block(
+                block, state, activation, choice, label_index, generator, sampled_kl, guidance, checkpointed=checkpointed
+            )
             zs.append(z[: len(z) // 2] if guidance is not None else z)
             kls.append(kl)
         features = states[self.image_size][: batch // 2] if guidance is not None else states[self.image_size]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from main.models.checkpointing import run_block
 from main.models.vdvae.blocks import BlockSpec, Bottleneck, conv, depth_scale
 
 
@@ -20,9 +21,18 @@ def match_width(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class Encoder(nn.Module):
-    def __init__(self, channels: int, blocks: list[BlockSpec], widths: dict[int, int], bottleneck_multiple: float, image_size: int):
+    def __init__(
+        self,
+        channels: int,
+        blocks: list[BlockSpec],
+        widths: dict[int, int],
+        bottleneck_multiple: float,
+        image_size: int,
+        activation_checkpointing: bool = False,
+    ):
         super().__init__()
         self.widths = widths
+        self.activation_checkpointing = activation_checkpointing
         self.in_conv = conv(channels, widths[image_size], 3)
         scale = depth_scale(len(blocks))
         self.blocks = nn.ModuleList(
@@ -43,7 +53,7 @@ class Encoder(nn.Module):
         h = self.in_conv(x)
         activations = {h.shape[-1]: h}
         for block in self.blocks:
-            h = block(h)
+            h = run_block(block, h, checkpointed=self.activation_checkpointing and self.training)
             h = match_width(h, self.widths[h.shape[-1]])
             activations[h.shape[-1]] = h
         return activations

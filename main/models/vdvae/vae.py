@@ -57,10 +57,13 @@ class HierarchicalVAE(nn.Module):
         likelihood: str = "dmol",
         clip: float = 4.0,
         level_grid: str = "spread",
+        activation_checkpointing: bool = False,
     ):
         """pixel_mean / pixel_std: the input's shift and scale (pixels, or latents in latent space);
         likelihood: "dmol" (uint8 images) or "gaussian" (float latents, normalised then clipped to +-clip);
-        level_grid: where low-bit levels sit in [-1, 1], "spread" evenly or VDVAE's "floor" (likelihood.py)."""
+        level_grid: where low-bit levels sit in [-1, 1], "spread" evenly or VDVAE's "floor" (likelihood.py);
+        activation_checkpointing: in training, keep only each encoder and decoder block's inputs and recompute the
+        rest in the backward pass (same gradients, much less memory, more time)."""
         super().__init__()
         if level_grid not in ("spread", "floor"):
             raise UserError(f"unknown level_grid {level_grid!r}: use 'spread' (levels evenly over [-1, 1]) or 'floor' (VDVAE's)")
@@ -86,8 +89,8 @@ class HierarchicalVAE(nn.Module):
         self.num_classes = num_classes
         self.register_buffer("pixel_mean", torch.tensor(float(pixel_mean)), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(float(pixel_std)), persistent=False)
-        self.encoder = Encoder(channels, enc, widths, bottleneck_multiple, image_size)
-        self.decoder = Decoder(dec, widths, zdim, bottleneck_multiple, no_bias_above, image_size, num_classes)
+        self.encoder = Encoder(channels, enc, widths, bottleneck_multiple, image_size, activation_checkpointing)
+        self.decoder = Decoder(dec, widths, zdim, bottleneck_multiple, no_bias_above, image_size, num_classes, activation_checkpointing)
         self.clip = clip
         self.latent_space = likelihood == "gaussian"
         self.likelihood = (
