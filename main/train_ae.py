@@ -46,11 +46,11 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
 def train(cfg: DictConfig) -> Path:
     """Fit stage one, on pixels or on an autoencoder's cached latents; returns the path of the last checkpoint."""
     pl.seed_everything(cfg.seed, workers=True)
-    if cfg.vae.space == "pixel":
-        return fit(cfg, build_system(cfg), build_trainer(cfg), cfg.vae.batch_size)
-    if cfg.vae.space != "latent":
+    if cfg.vae.space not in ("pixel", "latent"):
         raise UserError(f"vae.space={cfg.vae.space} is not a space: use pixel or latent")
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg)  # first: it resolves channels_last=auto
+    if cfg.vae.space == "pixel":
+        return fit(cfg, build_system(cfg), trainer, cfg.vae.batch_size)
     model, spec, autoencoder, latents = prepare_latent_space(cfg, cfg.vae.batch_size, device=trainer.strategy.root_device)
     system = build_system(cfg, model, spec)
     system.autoencoder.load_state_dict(autoencoder.state_dict())  # the checkpoint carries the autoencoder's weights

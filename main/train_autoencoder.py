@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from omegaconf import DictConfig
 
 from main.systems.autoencoder import AutoencoderSystem
@@ -25,8 +26,9 @@ from main.utils.errors import exit_on_user_error, run_entry_point
 def train(cfg: DictConfig) -> Path:
     """Fit the autoencoder; returns the path of the last checkpoint."""
     pl.seed_everything(cfg.seed, workers=True)
+    trainer = build_trainer(cfg, monitor="val/loss")  # first: it resolves channels_last=auto
     system = AutoencoderSystem(model=plain(cfg.autoencoder.model), optim=plain(cfg.autoencoder.optim), data=plain(cfg.dataset))
-    return fit(cfg, system, build_trainer(cfg, monitor="val/loss"), cfg.autoencoder.batch_size)
+    return fit(cfg, system.to(memory_format=torch.channels_last) if cfg.channels_last else system, trainer, cfg.autoencoder.batch_size)
 
 
 @hydra.main(config_path="configs", config_name="train_autoencoder", version_base="1.3")

@@ -29,9 +29,11 @@ from main.callbacks.fid_metrics import FIDMetrics
 from main.callbacks.sample_grid import SampleGrid
 from main.callbacks.train_timer import TrainTimer
 from main.datasets import build_datamodule
+from main.systems.common import COMPUTE
 from main.utils.checkpoint import AtomicCheckpointIO, load_checkpoint
 from main.utils.config import plain
 from main.utils.errors import UserError
+from main.utils.hardware import resolve_auto
 
 # Data set settings that say where and how to read the data, not what it is: a resumed run may change them.
 RELOCATABLE = {"dataset.root", "dataset.download", "dataset.on_bad_file", "dataset.verify_files"}
@@ -121,8 +123,10 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
     sample_kwargs go to the grid and FID.
 
     cfg.fid (off by default) adds FID/KID of EMA samples; cfg.plots.training_curves plots the CSV log at the end, so a CSV
-    log is kept beside TensorBoard or wandb.
+    log is kept beside TensorBoard or wandb. `auto` in trainer.precision and channels_last is resolved here, in cfg
+    (main/utils/hardware.py): build the system after the Trainer.
     """
+    resolve_auto(cfg)
     if cfg.trainer.max_steps == 0:
         raise UserError("trainer.max_steps=0 would train nothing and write no checkpoint: give a number of updates, or -1 for no limit")
     run_dir = Path(cfg.run_dir)
@@ -207,6 +211,7 @@ def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_
             check_resume_settings(cfg, system, ckpt_path)
         if holder:
             record_config(cfg, run_dir)
+        system.hparams[COMPUTE] = {"precision": str(cfg.trainer.precision), "channels_last": cfg.channels_last}  # as resolved
         if datamodule is None:
             datamodule = build_datamodule(cfg.dataset, batch_size=batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent|memory [--quick]`.
+"""Speed and memory benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent|memory|precision [--quick]`.
 
 Each preset is measured in its own process (so peak memory is its own), with the load average
 before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
@@ -31,6 +31,12 @@ statistics, so the resident set's high-water mark stands in (VmHWM, reset when t
 (peak_step_rss_default_malloc_mb: what the process really held) overstates the tensors in use; one more, untimed
 step runs with every allocation of 64 KiB or more mapped on its own and unmapped when freed, and its mark is the
 peak of the live tensors (peak_step_mb), the figure comparable to a GPU's. --quick measures the CPU presets only.
+
+precision (what trainer.precision=auto and channels_last=auto choose from, main/utils/hardware.py): for vae=cifar10_cpu
+and ddpm=cifar10_cpu (over a cifar10_cpu stage one with random weights), batch 16, a real training step in fp32,
+bf16-mixed and fp32 channels_last, interleaved over 3 rounds (1 warm-up and 3 timed steps each): the median of the
+rounds' medians, and the median over rounds of fp32's time over the setting's (speed_vs_fp32, paired so that the
+machine's load cancels). The report names the CPU capability PyTorch dispatches to.
 """
 
 from __future__ import annotations
@@ -414,22 +420,27 @@ MEMORY_MODELS = ["vae=cifar10_cpu", "vae=cifar10", "ddpm=cifar10_cpu", "ddpm=cif
 MEMORY_CONFIGS = [f"{model}:{mode}" for model in MEMORY_MODELS for mode in ("plain", "checkpointed")]
 
 
-def measure_memory(name: str, quick: bool) -> dict:
-    """One configuration ("<group>=<preset>:plain|checkpointed"): peak training-step memory and step time."""
+def training_system(model: str, overrides: tuple[str, ...] = ()) -> tuple[pl.LightningModule, str]:
+    """The training system of "<group>=<preset>" (vae, or ddpm over a cifar10_cpu stage one with random weights), seeded,
+    and the name of its trained module."""
     import torch
 
     from main.train_ae import build_system
     from main.train_ddpm import refiner_unet_kwargs
 
-    model, mode = name.split(":")
     group, preset = model.split("=")
-    setting = f"{group}.activation_checkpointing={str(mode == 'checkpointed').lower()}"
     torch.manual_seed(0)
     if group == "vae":
-        system, trained = build_system(compose_preset(preset, overrides=(setting,))), "vae"
-    else:
-        cfg = compose_ddpm(preset, overrides=(setting,))
-        system, trained = refiner_system(cfg, refiner_unet_kwargs(cfg)), "unet"
+        return build_system(compose_preset(preset, overrides=overrides)), "vae"
+    cfg = compose_ddpm(preset, overrides=overrides)
+    return refiner_system(cfg, refiner_unet_kwargs(cfg)), "unet"
+
+
+def measure_memory(name: str, quick: bool) -> dict:
+    """One configuration ("<group>=<preset>:plain|checkpointed"): peak training-step memory and step time."""
+    model, mode = name.split(":")
+    setting = f"{model.split('=')[0]}.activation_checkpointing={str(mode == 'checkpointed').lower()}"
+    system, trained = training_system(model, (setting,))
     n_params = sum(p.numel() for p in getattr(system, trained).parameters())
     batch, warmup, steps = 16, 1, 3
     meter = PeakMemory(warmup + steps + 1)  # the last step measures the live peak on the CPU, untimed
@@ -458,9 +469,35 @@ def memory_ratios(results: dict) -> dict:
         if plain_run and checkpointed:
             keys = [key for key in ("peak_step_mb", "peak_step_rss_default_malloc_mb", "step_s_median") if key in plain_run]
             ratios[model] = {
-                key: {"plain": plain_run[key], "checkpointed": checkpointed[key], "ratio": checkpointed[key] / plain_run[key]} for key in keys
+                key: {"plain": plain_run[key], "checkpointed": checkpointed[key], "ratio": checkpointed[key] / plain_run[key]}
+                for key in keys
             }
     return ratios
+
+
+PRECISION_MODELS = ["vae=cifar10_cpu", "ddpm=cifar10_cpu"]
+PRECISION_SETTINGS = {"fp32": ("32-true", False), "bf16-mixed": ("bf16-mixed", False), "fp32_channels_last": ("32-true", True)}
+
+
+def measure_precision(name: str, quick: bool, rounds: int = 3, steps: int = 3) -> dict:
+    """One model ("<group>=<preset>"): its training step under each of PRECISION_SETTINGS, interleaved over rounds."""
+    import torch
+
+    medians: dict[str, list[float]] = {key: [] for key in PRECISION_SETTINGS}
+    for _ in range(rounds):
+        for key, (precision, channels_last) in PRECISION_SETTINGS.items():
+            system, _ = training_system(name)
+            if channels_last:
+                system = system.to(memory_format=torch.channels_last)
+            medians[key].append(statistics.median(fit_steps(system, 16, steps + 1, precision)[1:]))
+    return {
+        key: {
+            "train_step_s_median": statistics.median(v),
+            "speed_vs_fp32": statistics.median([fp32 / t for fp32, t in zip(medians["fp32"], v)]),
+            "rounds": v,
+        }
+        for key, v in medians.items()
+    }
 
 
 SUITES = {
@@ -468,6 +505,7 @@ SUITES = {
     "stage2": (UNET_PRESETS, measure_stage2),
     "latent": (list(LATENT_PAIRS), measure_latent),
     "memory": (MEMORY_CONFIGS, measure_memory),
+    "precision": (PRECISION_MODELS, measure_precision),
 }
 QUICK = {"memory": [c for c in MEMORY_CONFIGS if c.split(":")[0].endswith("_cpu")]}  # other suites: their first (small) preset
 
@@ -509,6 +547,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "results": {},
     }

@@ -96,7 +96,7 @@ class ResumableSystem(pl.LightningModule):
         file's contents if already read with `load_checkpoint`."""
         checkpoint = load_checkpoint(path, cls.STAGE) if checkpoint is None else checkpoint
         cls.upgrade_checkpoint(checkpoint)
-        system = cls(**checkpoint["hyper_parameters"])
+        system = cls(**{name: value for name, value in checkpoint["hyper_parameters"].items() if name != COMPUTE})
         result = system.load_state_dict(checkpoint["state_dict"], strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise UserError(
@@ -105,6 +105,10 @@ class ResumableSystem(pl.LightningModule):
                 "it was edited or comes from another version"
             )
         return system, checkpoint
+
+
+# The hyper_parameters entry in which a run records the precision and memory layout it trained with (not a system argument).
+COMPUTE = "compute"
 
 
 # Stop a run after this many skipped updates in a row when its optim config does not say.
