@@ -41,10 +41,10 @@ def choose_precision(stage: str, info: DeviceInfo) -> str:
     """Lightning's precision for training ``stage`` ("vae", "ddpm" or "autoencoder") on ``info``'s device.
 
     GPUs: bf16-mixed where supported (no loss scaling needed), else 16-mixed. CPUs: bf16-mixed where they have bf16
-    instructions (AMX tiles, or AVX-512-bf16), else fp32. Without AMX this was measured: an AMD EPYC (AVX512 capability,
-    avx512_bf16, no AMX), 1 thread, batch 16, a real training step, 7 interleaved rounds, bf16-mixed was 1.16x as fast
-    as fp32 for vae=cifar10_cpu and 1.33x for ddpm=cifar10_cpu (median of paired rounds). On AVX2 CPUs bf16 is emulated:
-    ~5x slower. MPS: fp32 (its bf16 autocast is incomplete).
+    instructions (AMX tiles, or AVX-512-bf16), else fp32. Without AMX this was measured (`bash scripts/bench.sh
+    precision`): on an AMD EPYC (AVX512 capability, avx512_bf16, no AMX), 1 thread, batch 16, a real training step,
+    bf16-mixed was 1.11x as fast as fp32 for vae=cifar10_cpu and 1.31x for ddpm=cifar10_cpu (3 interleaved rounds;
+    1.16x and 1.33x over 7). On AVX2 CPUs bf16 is emulated: ~5x slower. MPS: fp32 (its bf16 autocast is incomplete).
     """
     del stage  # the measured rules are the same for every stage
     if info.device == "cuda":
@@ -58,8 +58,8 @@ def choose_channels_last(stage: str, info: DeviceInfo) -> bool:
     """Whether to train ``stage`` in channels_last memory layout on ``info``'s device.
 
     GPUs: yes (tensor cores read NHWC). CPUs: no, as no gain showed consistently: on the same AMD EPYC, fp32, 1 thread,
-    channels_last over NCHW was 0.99x as fast for ddpm=cifar10_cpu (7 rounds) and between 0.85x (3 rounds) and 1.45x
-    (7 rounds, one round at 0.52x) for vae=cifar10_cpu; 1.2x slower on an AVX2 CPU.
+    channels_last was 1.03x as fast as NCHW for vae=cifar10_cpu and 0.99x for ddpm=cifar10_cpu (3 rounds; over 7 rounds
+    1.45x, with rounds from 0.52x to 2.2x, and 0.99x); 1.2x slower on an AVX2 CPU.
     """
     del stage
     return info.device == "cuda"
