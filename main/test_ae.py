@@ -28,7 +28,7 @@ from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 from main.plots import plot_kl_per_group
 from main.systems.stage_one import load_stage_one
-from main.utils.config import plain
+from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
 from main.utils.results import write_results
@@ -214,10 +214,13 @@ def reconstructions(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, out_
 
 @hydra.main(config_path="configs", config_name="test_ae", version_base="1.3")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    print_config_tree(cfg)
     results = evaluate(cfg)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
     print(f"results: {shown}\nwritten to {Path(cfg.out_dir).resolve()}")
+    metrics = results["metrics"]  # what a sweeper minimises: the bpd task's bits/dim (per latent dimension in latent space)
+    return metrics.get(f"{cfg.bpd.split}_bpd", metrics.get(f"{cfg.bpd.split}_latent_bpd"))
 
 
 if __name__ == "__main__":
