@@ -77,7 +77,8 @@ def job_record(config: DictConfig, job_return: JobReturn, seconds: float) -> dic
         objective, error = job_return.return_value, ""
     except Exception as err:  # a failed job's return_value raises its exception
         objective, error = None, f"{type(err).__name__}: {err}".splitlines()[0]
-    folder = Path(OmegaConf.select(job_return.cfg, "run_dir") or OmegaConf.select(job_return.cfg, "out_dir") or config.hydra.runtime.output_dir)
+    task = job_return.cfg
+    folder = Path(OmegaConf.select(task, "run_dir") or OmegaConf.select(task, "out_dir") or config.hydra.runtime.output_dir)
     results = folder / "results.json"
     metrics = json.loads(results.read_text())["metrics"] if results.is_file() else {}
     return {

@@ -144,7 +144,8 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
         callbacks.append(TrainingCurves(run_dir / "plots" / "training_curves.png"))
         if not isinstance(loggers[0], CSVLogger):
             loggers.append(CSVLogger(run_dir, name="csv_logs"))
-    trainer = pl.Trainer(**plain(cfg.trainer), callbacks=callbacks, logger=loggers, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
+    plugins = [AtomicCheckpointIO()]
+    trainer = pl.Trainer(**plain(cfg.trainer), callbacks=callbacks, logger=loggers, default_root_dir=run_dir, plugins=plugins)
     if in_sweep() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise UserError(
             f"trainer.devices={cfg.trainer.devices} in a sweep (-m): Lightning would start the other processes by running the whole "

@@ -54,7 +54,8 @@ def print_config_tree(cfg: DictConfig) -> None:
     tree = Tree("config", guide_style="dim")
     for key, value in cfg.items():
         if OmegaConf.is_config(value):
-            tree.add(f"[bold]{key}").add(Syntax(OmegaConf.to_yaml(value, resolve=True).rstrip(), "yaml", background_color="default", word_wrap=True))
+            text = OmegaConf.to_yaml(value, resolve=True).rstrip()
+            tree.add(f"[bold]{key}").add(Syntax(text, "yaml", background_color="default", word_wrap=True))
         else:
             tree.add(f"[bold]{key}[/]: {escape(str(value))}")
     rich_print(tree)
