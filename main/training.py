@@ -222,20 +222,22 @@ def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
         last = checkpoint_dir / "last.ckpt"
         saver = next(callback for callback in trainer.checkpoint_callbacks if callback.monitor is None)  # the one of last.ckpt
+        metrics = dict(trainer.callback_metrics)  # the last logged values
         # updates after the last validation (max_steps or max_time mid-interval); fast_dev_run writes no checkpoint
         if trainer.global_step > max(saver._last_global_step_saved, 0) and not trainer.fast_dev_run:
             trainer.save_checkpoint(last, weights_only=False)
             if not trainer.interrupted:
                 trainer.validate(system, datamodule=datamodule, verbose=False)  # so that results.json scores the final weights
+                metrics |= trainer.callback_metrics
         if holder:
-            write_training_results(cfg, system, trainer, last)
+            write_training_results(cfg, system, trainer, last, metrics)
     return last
 
 
-def write_training_results(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, last: Path) -> None:
+def write_training_results(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, last: Path, metrics: dict) -> None:
     """run_dir/results.json (main/utils/results.py's schema): the last logged value of every metric, validation's
     from the final weights, and the training time; sweeps read their objective and summary from it."""
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}
+    metrics = {name: float(value) for name, value in metrics.items() if value.numel() == 1}
     timer = next(callback for callback in trainer.callbacks if isinstance(callback, TrainTimer))
     write_results(
         Path(cfg.run_dir) / "results.json",

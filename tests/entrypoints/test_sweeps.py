@@ -151,3 +151,29 @@ def test_the_submitit_launcher_runs_each_job_in_its_own_process_and_folder(tmp_p
 )
 def test_job_folder_names(number, overrides, name):
     assert job_name(number, overrides) == name
+
+
+def test_a_failed_job_is_a_row_of_the_summary_and_the_others_run(monkeypatch, tmp_path):
+    import main.train_ae
+
+    def fails_for_seed_1(cfg):
+        if cfg.seed == 1:
+            raise RuntimeError("out of memory\nmore lines")
+        return train_stage_one(cfg)
+
+    monkeypatch.setattr(main.train_ae, "train", fails_for_seed_1)
+    with pytest.raises(SystemExit):  # Hydra's basic sweeper ends with the failed job's error, after the others ran
+        sweep(monkeypatch, "train_ae", f"hydra.sweep.dir={tmp_path}", "seed=1,2", "trainer.max_steps=2", *TINY_DIGITS)
+    rows = summary(tmp_path)
+    assert [(row["folder"], row["status"], row["error"]) for row in rows] == [
+        ("0_seed=1", "FAILED", "RuntimeError: out of memory"),
+        ("1_seed=2", "COMPLETED", ""),
+    ]
+    assert rows[0]["objective"] == "" and float(rows[1]["objective"]) > 0
+
+
+def test_a_job_of_a_sweep_continues_in_its_folder(monkeypatch, tmp_path):
+    sweep(monkeypatch, "train_ae", f"hydra.sweep.dir={tmp_path}", "seed=0,1", "trainer.max_steps=2", *TINY_DIGITS)
+    sweep(monkeypatch, "train_ae", f"hydra.sweep.dir={tmp_path}", "seed=0,1", "trainer.max_steps=4", "resume=true", *TINY_DIGITS)
+    assert [metrics(tmp_path / folder)["global_step"] for folder in ("0_seed=0", "1_seed=1")] == [4, 4]
+    assert len(summary(tmp_path)) == 2
