@@ -6,12 +6,13 @@ import re
 import shlex
 
 import pytest
-from helpers import ROOT, compose_config, tiny_train_config
+from helpers import CONFIGS, ROOT, compose_config, tiny_train_config
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from main.train_ae import train
 from main.utils.config import plain
+from main.utils.errors import check_command_line
 
 
 def resolved(entry_point: str, overrides: list[str]) -> dict:
@@ -122,3 +123,17 @@ def test_the_optuna_search_searches_stage_one_s_optimiser():
     cfg = compose_config("train_ae", ["hparams_search=vae_optuna", "name=x"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "minimize"
     assert set(cfg.hydra.sweeper.params) == {"vae.optim.lr", "vae.optim.warmup_steps", "vae.optim.ema_rate"}
+
+
+def test_the_slurm_ddp_launcher_sizes_the_job_like_the_trainer():
+    cfg = compose_config(
+        "train_ae", ["hydra/launcher=slurm_ddp", "trainer=ddp_multinode", "trainer.num_nodes=4", "name=x"], return_hydra_config=True
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 8, 8)  # one task per GPU
+
+
+@pytest.mark.parametrize("launcher", ["submitit_local", "submitit_slurm", "slurm_ddp"])
+def test_the_command_line_check_accepts_hydra_s_plugin_groups(launcher):
+    check_command_line(CONFIGS, [f"hydra/launcher={launcher}"], "train_ae")
