@@ -31,6 +31,7 @@ from main.systems.stage_one import load_stage_one
 from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
+from main.utils.progress import progress_bar
 from main.utils.results import write_results
 
 TASKS = ("bpd", "iw_bpd", "samples", "class_samples", "reconstructions")
@@ -67,7 +68,7 @@ def test_iw_bpd(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, device) 
     torch.manual_seed(cfg.seed)  # the ELBO's distortion is scored at one posterior draw
     elbo_bpd, iw_bpd, kl_per_group = [], [], []
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), progress_bar(n, "iw_bpd") as bar:
         for index, (x, labels) in enumerate(loader):
             x, labels = x.to(device), labels.to(device)
             vae.check_images(x)
@@ -76,6 +77,7 @@ def test_iw_bpd(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, device) 
             kl_per_group.append(elbo.kl_per_group / math.log(2))
             nll = vae.importance_weighted_nll(x, labels, c.samples, batch_generator(cfg.seed, index * cfg.batch_size, device))
             iw_bpd.append(nll / math.log(2))
+            bar.update(len(x))
     seconds = time.perf_counter() - start
     elbo_bpd, iw_bpd = torch.cat(elbo_bpd).double(), torch.cat(iw_bpd).double()
 
