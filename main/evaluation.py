@@ -19,6 +19,7 @@ from torchvision.io import decode_png, read_file
 
 from main.utils.errors import UserError
 from main.utils.image_io import check_writable, finish_staging, save_pngs, start_staging
+from main.utils.progress import progress_bar
 
 OmegaConf.register_new_resolver("run_dir_of", lambda ckpt: str(Path(ckpt).parent.parent), replace=True)
 
@@ -102,9 +103,12 @@ def generate_to(
     stagings = {name: start_staging(folder, create=shard.rank == 0) for name, folder in folders.items()}
     shard.barrier()
     start_time = time.perf_counter()
-    for start, count in shard.batches(n, batch_size):
-        for name, images in draw(start, count).items():
-            save_pngs(images, stagings[name], start)
+    batches = list(shard.batches(n, batch_size))
+    with progress_bar(sum(count for _, count in batches), next(iter(folders)), enabled=shard.rank == 0) as bar:  # its share
+        for start, count in batches:
+            for name, images in draw(start, count).items():
+                save_pngs(images, stagings[name], start)
+            bar.update(count)
     shard.barrier()
     seconds = time.perf_counter() - start_time
     if shard.rank != 0:

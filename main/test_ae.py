@@ -28,9 +28,10 @@ from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 from main.plots import plot_kl_per_group
 from main.systems.stage_one import load_stage_one
-from main.utils.config import plain
+from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
+from main.utils.progress import progress_bar
 from main.utils.results import write_results
 
 TASKS = ("bpd", "iw_bpd", "samples", "class_samples", "reconstructions")
@@ -67,7 +68,7 @@ def test_iw_bpd(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, device) 
     torch.manual_seed(cfg.seed)  # the ELBO's distortion is scored at one posterior draw
     elbo_bpd, iw_bpd, kl_per_group = [], [], []
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), progress_bar(n, "iw_bpd") as bar:
         for index, (x, labels) in enumerate(loader):
             x, labels = x.to(device), labels.to(device)
             vae.check_images(x)
@@ -76,6 +77,7 @@ def test_iw_bpd(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, device) 
             kl_per_group.append(elbo.kl_per_group / math.log(2))
             nll = vae.importance_weighted_nll(x, labels, c.samples, batch_generator(cfg.seed, index * cfg.batch_size, device))
             iw_bpd.append(nll / math.log(2))
+            bar.update(len(x))
     seconds = time.perf_counter() - start
     elbo_bpd, iw_bpd = torch.cat(elbo_bpd).double(), torch.cat(iw_bpd).double()
 
@@ -208,10 +210,13 @@ def reconstructions(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, out_
 
 @hydra.main(config_path="configs", config_name="test_ae", version_base="1.3")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    print_config_tree(cfg)
     results = evaluate(cfg)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
     print(f"results: {shown}\nwritten to {Path(cfg.out_dir).resolve()}")
+    metrics = results["metrics"]  # what a sweeper minimises: the bpd task's bits/dim (per latent dimension in latent space)
+    return metrics.get(f"{cfg.bpd.split}_bpd", metrics.get(f"{cfg.bpd.split}_latent_bpd"))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from main.evaluation import Shard, batch_generator, check_counts, dataset_config
 from main.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
 from main.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
-from main.utils.config import plain
+from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder, to_uint8
 from main.utils.results import write_results
@@ -91,12 +91,15 @@ def two_stage_task(
     if images is not None:  # rank 0: grid and .npz of everything the ranks wrote
         extra = {"labels": labels.cpu()} if labels is not None else {}
         save_npz(out_dir / f"{name}.npz", images=images[name], **extra)
+        # with labels every image, a row per class (as test_ae.py's grid); without, the first 32 pairs or 64 images
+        per_row = n // len(labels.unique()) if labels is not None else min(8, n)
+        shown = n if labels is not None else 32 if with_stage_one else 64
         if with_stage_one:
             save_npz(out_dir / f"{name}_stage_one.npz", images=images["stage_one"], **extra)
-            per_row = min(8, n)
-            save_grid(interleave_rows(images["stage_one"][:32], images[name][:32], per_row), out_dir / f"{name}_grid.png", nrow=per_row)
+            grid = interleave_rows(images["stage_one"][:shown], images[name][:shown], per_row)
+            save_grid(grid, out_dir / f"{name}_grid.png", nrow=per_row)
         else:
-            save_grid(images[name][:64], out_dir / f"{name}_grid.png")
+            save_grid(images[name][:shown], out_dir / f"{name}_grid.png", nrow=per_row)
     return timings
 
 
@@ -276,6 +279,7 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
 @hydra.main(config_path="configs", config_name="test_ddpm", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    print_config_tree(cfg)
     device, shard = launch(cfg)
     results = evaluate(cfg, device, shard)
     if results is not None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from main.systems.autoencoder import AutoencoderSystem
 from main.training import build_trainer, fit, train_and_report
-from main.utils.config import plain
+from main.utils.config import plain, print_config_tree
 from main.utils.errors import exit_on_user_error, run_entry_point
 
 
@@ -33,8 +33,9 @@ def train(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path="configs", config_name="train_autoencoder", version_base="1.3")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    train_and_report(train, cfg)
+def main(cfg: DictConfig) -> float | None:
+    print_config_tree(cfg)
+    return train_and_report(train, cfg, objective="val/loss")  # what a sweeper minimises
 
 
 if __name__ == "__main__":

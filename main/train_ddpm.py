@@ -22,7 +22,7 @@ from main.models.diffusion.unet import unet_kwargs
 from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import StageTwoSystem
 from main.training import build_trainer, fit, train_and_report
-from main.utils.config import plain
+from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, check_trainer_settings, exit_on_user_error, run_entry_point
 
 
@@ -92,9 +92,10 @@ def train(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path="configs", config_name="train_ddpm", version_base="1.3")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     check_trainer_settings(plain(cfg.trainer))
-    train_and_report(train, cfg)
+    print_config_tree(cfg)
+    return train_and_report(train, cfg, objective="val/loss")  # what a sweeper minimises
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ refused unless resuming, and a resume must keep the data set, architecture and f
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 import time
@@ -21,19 +22,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from main.callbacks.curves import TrainingCurves
 from main.callbacks.fid_metrics import FIDMetrics
 from main.callbacks.sample_grid import SampleGrid
+from main.callbacks.step_progress import StepProgressBar
 from main.callbacks.train_timer import TrainTimer
 from main.datasets import build_datamodule
 from main.systems.common import COMPUTE
 from main.utils.checkpoint import AtomicCheckpointIO, load_checkpoint
-from main.utils.config import plain
+from main.utils.config import in_sweep, plain
 from main.utils.errors import UserError
 from main.utils.hardware import resolve_auto
+from main.utils.results import write_results
 
 # Data set settings that say where and how to read the data, not what it is: a resumed run may change them.
 RELOCATABLE = {"dataset.root", "dataset.download", "dataset.on_bad_file", "dataset.verify_files"}
@@ -139,12 +143,22 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
     fid = plain(cfg.fid)
     if fid["every_n_steps"] or fid["every_n_epochs"]:
         callbacks.append(FIDMetrics(plain(cfg.dataset), seed=cfg.seed, **fid, **sample_kwargs))
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(StepProgressBar())
     loggers = [instantiate(cfg.logger)]
     if cfg.plots.training_curves:
         callbacks.append(TrainingCurves(run_dir / "plots" / "training_curves.png"))
         if not isinstance(loggers[0], CSVLogger):
             loggers.append(CSVLogger(run_dir, name="csv_logs"))
-    return pl.Trainer(**plain(cfg.trainer), callbacks=callbacks, logger=loggers, default_root_dir=run_dir, plugins=[AtomicCheckpointIO()])
+    plugins = [AtomicCheckpointIO()]
+    trainer = pl.Trainer(**plain(cfg.trainer), callbacks=callbacks, logger=loggers, default_root_dir=run_dir, plugins=plugins)
+    if in_sweep() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise UserError(
+            f"trainer.devices={cfg.trainer.devices} in a sweep (-m): Lightning would start the other processes by running the whole "
+            "sweep again; train each job on one device, or let SLURM start them (hydra/launcher=submitit_slurm "
+            "hydra.launcher.tasks_per_node=<devices>, docs/sweeps_and_experiments.md)"
+        )
+    return trainer
 
 
 def first_rank() -> bool:
@@ -217,19 +231,46 @@ def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
         last = checkpoint_dir / "last.ckpt"
         saver = next(callback for callback in trainer.checkpoint_callbacks if callback.monitor is None)  # the one of last.ckpt
-        if trainer.global_step > max(
-            saver._last_global_step_saved, 0
-        ):  # updates after the last validation (max_steps or max_time mid-interval)
-            trainer.save_checkpoint(last)
+        metrics = dict(trainer.callback_metrics)  # the last logged values
+        # updates after the last validation (max_steps or max_time mid-interval); fast_dev_run writes no checkpoint
+        if trainer.global_step > max(saver._last_global_step_saved, 0) and not trainer.fast_dev_run:
+            trainer.save_checkpoint(last, weights_only=False)
+            if not trainer.interrupted:
+                trainer.validate(system, datamodule=datamodule, verbose=False)  # so that results.json scores the final weights
+                metrics |= trainer.callback_metrics
+        if holder:
+            write_training_results(cfg, system, trainer, last, metrics)
     return last
 
 
-def train_and_report(train: Callable[[DictConfig], Path], cfg: DictConfig) -> None:
-    """Run an entry point's train(cfg) and print how long it took and where the last checkpoint is."""
+def write_training_results(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, last: Path, metrics: dict) -> None:
+    """run_dir/results.json (main/utils/results.py's schema): the last logged value of every metric, validation's
+    from the final weights, and the training time; sweeps read their objective and summary from it."""
+    metrics = {name: float(value) for name, value in metrics.items() if value.numel() == 1}
+    timer = next(callback for callback in trainer.callbacks if isinstance(callback, TrainTimer))
+    write_results(
+        Path(cfg.run_dir) / "results.json",
+        task=f"train_{system.STAGE}",
+        config=plain(cfg),
+        checkpoint=str(last) if last.is_file() else None,
+        metrics={**metrics, "global_step": trainer.global_step},
+        timings={"train_seconds": timer.train_seconds},
+    )
+
+
+def train_and_report(train: Callable[[DictConfig], Path], cfg: DictConfig, objective: str) -> float | None:
+    """Run an entry point's train(cfg) and print how long it took and where the last checkpoint is. Returns the final
+    value of the ``objective`` metric, what a sweeper minimises (None if it was never measured, and on other ranks)."""
     start = time.perf_counter()
     last = train(cfg)
     seconds = time.perf_counter() - start
     if last.is_file():
         rank_zero_info(f"trained in {seconds:.0f} s; last checkpoint: {last}")
+    elif cfg.trainer.get("fast_dev_run"):
+        rank_zero_info(f"fast_dev_run: a batch of training and of validation ran in {seconds:.0f} s; no checkpoint is written")
     else:
         rank_zero_info(f"stopped after {seconds:.0f} s before the first update (trainer.max_time?): no checkpoint was written")
+    results = Path(cfg.run_dir) / "results.json"
+    if not first_rank() or not results.is_file():
+        return None
+    return json.loads(results.read_text())["metrics"].get(objective)

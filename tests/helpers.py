@@ -35,9 +35,9 @@ TINY_DIGITS = [
 ]
 
 
-def compose_config(name: str, overrides: list[str]) -> DictConfig:
+def compose_config(name: str, overrides: list[str], **kwargs) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+        return compose(config_name=name, overrides=overrides, **kwargs)
 
 
 def tiny_train_config(run_dir: Path, *overrides: str) -> DictConfig:

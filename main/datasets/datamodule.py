@@ -47,10 +47,13 @@ class ResumableLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
+        if not isinstance(self.sampler, EpochSampler):  # Lightning's overfit_batches serves the first batches in order
+            return {}
         return self.sampler.position(self.batches_served * self.batch_size)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume_at(state["epoch"], state["offset"])
+        if isinstance(self.sampler, EpochSampler) and state:
+            self.sampler.resume_at(state["epoch"], state["offset"])
 
 
 class ImageDataModule(pl.LightningDataModule):

@@ -74,7 +74,8 @@ def check_command_line(config_dir: Path, overrides: Sequence[str], config_name: 
         if override.is_sweep_override():
             raise UserError(f"{arg}: the commas would make several runs; quote the value as one string: {key}='{value}'")
         folder, name = config_dir / override.key_or_group, override.value()
-        if not adds_configs and folder.is_dir() and isinstance(name, str) and not (folder / f"{name}.yaml").is_file():
+        plugins = override.is_hydra_override()  # hydra/launcher=submitit_local: Hydra's groups also hold its plugins' configs
+        if not adds_configs and not plugins and folder.is_dir() and isinstance(name, str) and not (folder / f"{name}.yaml").is_file():
             choices = sorted(path.stem for path in folder.glob("*.yaml") if not path.stem.startswith("_"))
             raise UserError(f"unknown {override.key_or_group} '{name}': use one of {', '.join(choices)}")
     if config_name is not None:

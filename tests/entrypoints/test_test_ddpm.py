@@ -239,3 +239,17 @@ def test_a_nonfinite_stage_one_sample_is_refined_from_the_null_condition(refiner
     assert results["metrics"]["nonfinite_stage_one_images"] == 2
     refined = np.load(out / "samples.npz")["images"]
     assert refined.shape[0] == 6 and refined[0].any() and refined[4].any()  # NaN would have written black images
+
+
+def test_the_class_samples_grid_shows_every_class(refiner, tmp_path):
+    """40 pairs (10 classes x 4): a row of stage-one images above a row of refinements per class, class 9 last."""
+    out = tmp_path / "eval"
+    evaluate(eval_config(refiner, out, "tasks=[class_samples]", "class_samples.n_per_class=4"))
+    grid = np.asarray(Image.open(out / "class_samples_grid.png"))[..., 0]
+    tile = 8 * 8 + 2  # 8x8 digits enlarged 8 times, 2 pixels of padding
+    assert grid.shape == (20 * tile + 2, 4 * tile + 2)
+    for row, folder in [(18, "class_samples_stage_one"), (19, "class_samples")]:
+        for column in range(4):
+            top, left = 2 + row * tile, 2 + column * tile
+            expected = np.kron(pngs(out / folder)[36 + column], np.ones((8, 8), dtype=np.uint8))
+            assert np.array_equal(grid[top : top + 64, left : left + 64], expected)

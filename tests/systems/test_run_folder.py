@@ -60,7 +60,7 @@ def test_a_run_stopped_before_its_first_update_names_no_checkpoint(tmp_path, cap
     from main.training import train_and_report
 
     with caplog.at_level("INFO"):
-        train_and_report(train, tiny_train_config(tmp_path, "trainer.max_time=00:00:00:00"))
+        train_and_report(train, tiny_train_config(tmp_path, "trainer.max_time=00:00:00:00"), objective="val/bpd")
     printed = caplog.text
     assert "before the first update (trainer.max_time?): no checkpoint was written" in printed
     assert "last checkpoint" not in printed and not tmp_path.joinpath("checkpoints", "last.ckpt").exists()
