@@ -155,8 +155,8 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
     if in_sweep() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise UserError(
             f"trainer.devices={cfg.trainer.devices} in a sweep (-m): Lightning would start the other processes by running the whole "
-            "sweep again; train each job on one device, or let SLURM start them (hydra/launcher=submitit_slurm "
-            "hydra.launcher.tasks_per_node=<devices>, docs/sweeps_and_experiments.md)"
+            "sweep again; train each job on one device, or let SLURM start one per device (hydra/launcher=slurm_ddp, "
+            "docs/sweeps_and_experiments.md)"
         )
     return trainer
 

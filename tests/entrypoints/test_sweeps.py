@@ -107,7 +107,7 @@ def test_lightning_started_ddp_processes_are_refused_in_a_sweep(monkeypatch, tmp
         sweep(monkeypatch, "train_ae", f"hydra.sweep.dir={tmp_path}", "seed=0,1", "trainer.max_steps=2", *TINY_DIGITS, *ddp)
     assert exit_info.value.code == 2
     error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "trainer.devices=2 in a sweep (-m)" in error[0] and "submitit_slurm" in error[0]
+    assert len(error) == 1 and "trainer.devices=2 in a sweep (-m)" in error[0] and "hydra/launcher=slurm_ddp" in error[0]
     assert not list(tmp_path.glob("*/checkpoints"))
 
 
