@@ -33,6 +33,7 @@ from main.datasets.datamodule import ImageDataModule
 from main.models.autoencoder import autoencoder_spec
 from main.utils.errors import UserError
 from main.utils.image_io import to_unit_range
+from main.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +200,15 @@ class LatentCache:
         # Per-process temporary names: DDP ranks that encode the same split at once each rename complete files.
         tmp_latents, tmp_labels, tmp_manifest = (p.with_name(f"{p.stem}.partial-{os.getpid()}{p.suffix}") for p in self.paths(split))
         array, labels, start = None, np.empty(len(dataset), dtype=LABEL_DTYPE), 0
-        for images, batch_labels in DataLoader(dataset, batch_size=self.batch_size):
-            z = encode_images(self.autoencoder, images.to(self.device)).float().cpu().numpy()
-            if array is None:
-                array = np.lib.format.open_memmap(tmp_latents, mode="w+", dtype=LATENT_DTYPE, shape=(len(dataset), *z.shape[1:]))
-            array[start : start + len(z)] = z
-            labels[start : start + len(z)] = batch_labels.numpy()
-            start += len(z)
+        with progress_bar(len(dataset), f"encoding the {split} split") as bar:
+            for images, batch_labels in DataLoader(dataset, batch_size=self.batch_size):
+                z = encode_images(self.autoencoder, images.to(self.device)).float().cpu().numpy()
+                if array is None:
+                    array = np.lib.format.open_memmap(tmp_latents, mode="w+", dtype=LATENT_DTYPE, shape=(len(dataset), *z.shape[1:]))
+                array[start : start + len(z)] = z
+                labels[start : start + len(z)] = batch_labels.numpy()
+                start += len(z)
+                bar.update(len(z))
         if array is None:
             raise UserError(f"the {split} split is empty: nothing to encode")
         array.flush()

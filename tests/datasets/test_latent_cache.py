@@ -73,6 +73,16 @@ def test_a_second_build_reuses_the_cache_and_another_autoencoder_gets_its_own(ca
     assert LatentCache(cache.folder.parent, images, autoencoder(seed=1)).folder != cache.folder
 
 
+def test_encoding_shows_progress_and_a_cached_build_is_silent(tmp_path, capsys):
+    images = build_datamodule(digits_cfg(flip=False), batch_size=64)
+    cache = LatentCache(tmp_path, images, autoencoder(), batch_size=100).build()
+    err = capsys.readouterr().err
+    assert all(f"encoding the {split} split" in err for split in ("train", "val", "test"))
+    assert f"{len(images.split('test'))}/{len(images.split('test'))}" in err  # the bar reached the split's size
+    cache.build()
+    assert "encoding" not in capsys.readouterr().err
+
+
 def test_latent_data_module_serves_float_latent_batches(cache):
     cache, _ = cache
     module = LatentDataModule(cache, digits_cfg(), batch_size=16)
