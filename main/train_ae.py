@@ -23,7 +23,7 @@ from main.systems.stage_one import StageOneSystem
 from main.training import build_trainer as build_shared_trainer
 from main.training import fit, train_and_report
 from main.utils.config import plain, print_config_tree
-from main.utils.errors import UserError, check_trainer_settings, exit_on_user_error, run_entry_point
+from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 
 
 def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: dict | None = None) -> StageOneSystem:
@@ -60,7 +60,6 @@ def train(cfg: DictConfig) -> Path:
 @hydra.main(config_path="configs", config_name="train_ae", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    check_trainer_settings(plain(cfg.trainer))
     print_config_tree(cfg)
     return train_and_report(train, cfg, objective="val/bpd")  # what a sweeper minimises
 

@@ -23,7 +23,7 @@ from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import StageTwoSystem
 from main.training import build_trainer, fit, train_and_report
 from main.utils.config import plain, print_config_tree
-from main.utils.errors import UserError, check_trainer_settings, exit_on_user_error, run_entry_point
+from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 
 
 def refiner_num_classes(setting: bool | str, data: dict, vae_classes: int) -> int | None:
@@ -93,7 +93,6 @@ def train(cfg: DictConfig) -> Path:
 @hydra.main(config_path="configs", config_name="train_ddpm", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    check_trainer_settings(plain(cfg.trainer))
     print_config_tree(cfg)
     return train_and_report(train, cfg, objective="val/loss")  # what a sweeper minimises
 

@@ -35,7 +35,7 @@ from main.datasets import build_datamodule
 from main.systems.common import COMPUTE
 from main.utils.checkpoint import AtomicCheckpointIO, load_checkpoint
 from main.utils.config import in_sweep, plain
-from main.utils.errors import UserError
+from main.utils.errors import UserError, check_trainer_settings
 from main.utils.hardware import resolve_auto
 from main.utils.results import write_results
 
@@ -131,6 +131,7 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
     (main/utils/hardware.py): build the system after the Trainer.
     """
     resolve_auto(cfg)
+    check_trainer_settings(plain(cfg.trainer))
     if cfg.trainer.max_steps == 0:
         raise UserError("trainer.max_steps=0 would train nothing and write no checkpoint: give a number of updates, or -1 for no limit")
     run_dir = Path(cfg.run_dir)

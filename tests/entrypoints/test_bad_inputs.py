@@ -172,6 +172,11 @@ CASES = {
         [*TRAIN, "trainer.precision=16-mixed"],
         ["trainer.precision=16-mixed", "needs a GPU", "use trainer.precision=bf16-mixed or 32"],
     ),
+    "16-mixed on the CPU, autoencoder": (
+        "train_autoencoder.py",
+        ["dataset=digits", "trainer.max_steps=1", "trainer.precision=16-mixed"],
+        ["trainer.precision=16-mixed", "needs a GPU"],
+    ),
     "stage-one checkpoint not given": ("train_ddpm.py", [*TINY_REFINER], ["stage_one is not set", "stage_one=<value>"]),
     "stage-one checkpoint missing": (
         "train_ddpm.py",
