@@ -58,6 +58,10 @@ def adamw_with_warmup(parameters, optim: dict) -> dict:
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+# The hyper_parameters entry in which a run records the precision and memory layout it trained with (not a system argument).
+COMPUTE = "compute"
+
+
 class ResumableSystem(pl.LightningModule):
     """Tags checkpoints with their stage and carries the RNG state, so a resumed run continues the same random stream."""
 
@@ -105,10 +109,6 @@ class ResumableSystem(pl.LightningModule):
                 "it was edited or comes from another version"
             )
         return system, checkpoint
-
-
-# The hyper_parameters entry in which a run records the precision and memory layout it trained with (not a system argument).
-COMPUTE = "compute"
 
 
 # Stop a run after this many skipped updates in a row when its optim config does not say.
