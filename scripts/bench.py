@@ -1,4 +1,6 @@
-"""Speed and memory benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent|memory|precision [--quick]`.
+"""Speed, memory and time-to-quality benchmarks, printed as JSON.
+
+`bash scripts/bench.sh stage1|stage2|latent|memory|precision|time_to_quality [--quick]`.
 
 Each preset is measured in its own process (so peak memory is its own), with the load average
 before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
@@ -37,6 +39,15 @@ and ddpm=cifar10_cpu (over a cifar10_cpu stage one with random weights), batch 1
 bf16-mixed and fp32 channels_last, interleaved over 3 rounds (1 warm-up and 3 timed steps each): the median of the
 rounds' medians, and the median over rounds of fp32's time over the setting's (speed_vs_fp32, paired so that the
 machine's load cancels). The report names the CPU capability PyTorch dispatches to.
+
+time_to_quality (what a user feels: wall-clock to a given test bits/dim; needs CIFAR-10, from $GENVAE_SHARED_DATA or
+../shared/data): the cifar10_cpu VAE trained on CIFAR-10 at batch 16 in fp32 (our preset's recipe), in bf16-mixed
+(the same recipe, to show bf16 costs no likelihood at equal steps) and with openai/vdvae's recipe (lr 2e-4, warm-up
+100, EMA 0.9999), each for its number of steps in its own process. Every 100 steps the EMA weights' bits/dim on the
+first 2,000 test images gives a curve point (the same images for every run, so differences between runs are
+paired); the whole test set is evaluated at the first point that reaches 5.6 bits/dim (VDVAE's recipe's figure
+after 2,000 steps) and at the last step, and only it decides when 5.6 is reached. Training wall-clock excludes the
+evaluations. The summary sets our seconds to 5.6 against the recipe's 2,000 steps at its median step time.
 """
 
 from __future__ import annotations
@@ -112,20 +123,24 @@ def fit_steps(system: pl.LightningModule, batch: int, steps: int, precision="32"
     images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8)
     loader = DataLoader(TensorDataset(images, torch.full((len(images),), -1)), batch_size=batch)
     timer = StepTimer()
-    trainer = pl.Trainer(
+    bare_trainer(steps, precision, accelerator, [timer, *callbacks]).fit(system, train_dataloaders=loader)
+    return timer.times
+
+
+def bare_trainer(max_steps: int, precision: str, accelerator: str, callbacks: list) -> pl.Trainer:
+    """A Trainer that only trains: no validation, logger, checkpoints, progress bar or summary to time."""
+    return pl.Trainer(
         accelerator=accelerator,
         devices=1,
         precision=precision,
-        max_steps=steps,
+        max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[timer, *callbacks],
+        callbacks=callbacks,
     )
-    trainer.fit(system, train_dataloaders=loader)
-    return timer.times
 
 
 def measure_stage1(name: str, quick: bool) -> dict:
@@ -500,12 +515,139 @@ def measure_precision(name: str, quick: bool, rounds: int = 3, steps: int = 3) -
     }
 
 
+# time_to_quality: test bits/dim (CIFAR-10 test set, EMA weights) against training wall-clock.
+TARGET_BPD = 5.6  # openai/vdvae's recipe on the cifar10_cpu architecture after 2,000 steps x 16 (its own code and ours)
+REFERENCE_STEPS = 2000
+VDVAE_RECIPE = ("vae.optim.lr=2e-4", "vae.optim.warmup_steps=100", "vae.optim.ema_rate=0.9999")
+QUALITY_RUNS = {  # name -> (precision, VAE overrides, training steps); every run trains the cifar10_cpu architecture at batch 16
+    "cifar10_cpu": ("32-true", (), 1000),
+    "cifar10_cpu:bf16-mixed": ("bf16-mixed", (), 1000),
+    "vdvae_recipe": ("32-true", VDVAE_RECIPE, REFERENCE_STEPS),
+}
+QUALITY_EVERY, QUALITY_SUBSET = 100, 2000  # curve points every 100 steps on the first 2,000 test images (the same for every run)
+
+
+def shared_cifar10() -> Path:
+    """The offline CIFAR-10 copy: $GENVAE_SHARED_DATA, else ../shared/data beside the repository; one line when absent."""
+    root = Path(os.environ.get("GENVAE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    if not any(root.glob("cifar10_test*.npz")) and not (root / "cifar-10-batches-py").is_dir():
+        sys.exit(f"time_to_quality needs CIFAR-10: no cifar10_test*.npz or cifar-10-batches-py in {root}; set GENVAE_SHARED_DATA")
+    return root
+
+
+class QualityProbe(pl.Callback):
+    """Test bits/dim of the EMA weights during training, with the training clock paused while it evaluates.
+
+    Every ``every`` steps the first ``subset`` test images give a curve point; the first time a point reaches
+    ``target``, and at the last step, the whole test set is evaluated as well, and only the whole test set decides
+    when the target is reached. Wall-clock is the training loop's (data loading, forward, backward, optimizer,
+    EMA) from the first batch on."""
+
+    def __init__(self, test_images, every: int, subset: int, target: float, max_steps: int, eval_batch: int = 500):
+        self.test_images, self.every, self.subset, self.target, self.max_steps = test_images, every, subset, target, max_steps
+        self.eval_batch = eval_batch
+        self.curve: list[dict] = []
+        self.step_times: list[float] = []
+        self.steps_to_target = self.seconds_to_target = None
+        self.steps = 0
+        self.train_seconds = 0.0
+
+    def on_train_batch_start(self, *args) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.step_times.append(time.perf_counter() - self._start)
+        self.train_seconds += self.step_times[-1]
+        self.steps += 1
+        if self.steps % self.every and self.steps != self.max_steps:
+            return
+        start = time.perf_counter()
+        point = {"step": self.steps, "train_seconds": self.train_seconds, "subset_bpd": self.test_bpd(pl_module, self.subset)}
+        if self.steps == self.max_steps or (self.steps_to_target is None and point["subset_bpd"] <= self.target):
+            point["test_bpd"] = self.test_bpd(pl_module, len(self.test_images))
+            if self.steps_to_target is None and point["test_bpd"] <= self.target:
+                self.steps_to_target, self.seconds_to_target = self.steps, self.train_seconds
+        point.update(skipped_updates=int(pl_module.skipped_updates), eval_seconds=time.perf_counter() - start)
+        self.curve.append(point)
+        print(json.dumps(point), file=sys.stderr, flush=True)
+
+    def test_bpd(self, system, n: int) -> float:
+        """Mean bits/dim of the first n test images under the EMA weights, in fp32 whatever the training precision."""
+        import torch
+
+        total = 0.0
+        with torch.no_grad(), torch.autocast(system.device.type, enabled=False):
+            for batch in self.test_images[:n].split(self.eval_batch):
+                labels = torch.full((len(batch),), -1, device=system.device)
+                total += float(system.ema_vae(batch.to(system.device), labels).bits_per_dim.sum())
+        return total / n
+
+
+def measure_time_to_quality(name: str, quick: bool) -> dict:
+    """One run of QUALITY_RUNS: the cifar10_cpu VAE trained on CIFAR-10 at batch 16, test bits/dim on the way (--quick:
+    60 steps, 200 + 400 test images, to check the machinery)."""
+    import torch
+
+    from main.datasets.datamodule import build_datamodule, first_images
+    from main.train_ae import build_system
+    from main.utils.config import plain
+
+    precision, overrides, max_steps = QUALITY_RUNS[name]
+    every, subset, n_test = (20, 200, 400) if quick else (QUALITY_EVERY, QUALITY_SUBSET, None)
+    max_steps = 60 if quick else max_steps
+    cfg = compose_preset("cifar10_cpu", overrides=(f"dataset.root={shared_cifar10()}", *overrides))
+    pl.seed_everything(0, workers=True)
+    system = build_system(cfg)
+    test_images, _ = first_images(cfg.dataset, "test", n_test)
+    probe = QualityProbe(test_images, every, subset, TARGET_BPD, max_steps)
+    bare_trainer(max_steps, precision, "cpu", [probe]).fit(system, datamodule=build_datamodule(cfg.dataset, batch_size=16, seed=0))
+    return {
+        "precision": precision,
+        "optim": plain(cfg.vae.optim),
+        "test_images": len(test_images),
+        "steps": probe.steps,
+        "train_step_s_median": statistics.median(probe.step_times),
+        "curve": probe.curve,
+        "target_bpd": TARGET_BPD,
+        "steps_to_target": probe.steps_to_target,
+        "seconds_to_target": probe.seconds_to_target,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def time_to_quality_summary(results: dict) -> dict:
+    """Our preset against VDVAE's recipe: the recipe needs REFERENCE_STEPS steps of the same architecture to reach the target,
+    so its wall-clock is REFERENCE_STEPS of its median step (or of ours, when it was not run); bf16 vs fp32 at equal steps."""
+    ours = results.get("cifar10_cpu")
+    if not ours:
+        return {}
+    reference = results.get("vdvae_recipe")
+    step_s = (reference or ours)["train_step_s_median"]
+    summary = {
+        "reference_seconds_to_target": REFERENCE_STEPS * step_s,
+        "reference_step_time_from": "vdvae_recipe run" if reference else "cifar10_cpu run (same architecture and step)",
+    }
+    if reference:
+        summary["reference_final_test_bpd"] = reference["curve"][-1].get("test_bpd")
+    if ours["seconds_to_target"]:
+        summary["ours_over_reference_wall_clock"] = ours["seconds_to_target"] / summary["reference_seconds_to_target"]
+        summary["ours_over_reference_steps"] = ours["steps_to_target"] / REFERENCE_STEPS
+    bf16 = results.get("cifar10_cpu:bf16-mixed")
+    if bf16:
+        for key in ("subset_bpd", "test_bpd"):  # the same images, so the difference is paired
+            fp32_at = {p["step"]: p[key] for p in ours["curve"] if key in p}
+            paired = [p for p in bf16["curve"] if p["step"] in fp32_at and key in p]
+            summary[f"bf16_minus_fp32_{key}"] = {p["step"]: p[key] - fp32_at[p["step"]] for p in paired}
+    return summary
+
+
 SUITES = {
     "stage1": (list(PRESETS), measure_stage1),
     "stage2": (UNET_PRESETS, measure_stage2),
     "latent": (list(LATENT_PAIRS), measure_latent),
     "memory": (MEMORY_CONFIGS, measure_memory),
     "precision": (PRECISION_MODELS, measure_precision),
+    "time_to_quality": (list(QUALITY_RUNS), measure_time_to_quality),
 }
 QUICK = {"memory": [c for c in MEMORY_CONFIGS if c.split(":")[0].endswith("_cpu")]}  # other suites: their first (small) preset
 
@@ -542,6 +684,8 @@ def main() -> None:
         return
     import torch
 
+    if args.suite == "time_to_quality":
+        shared_cifar10()  # before any run starts
     report = {
         "suite": args.suite,
         "torch": torch.__version__,
@@ -557,6 +701,8 @@ def main() -> None:
         report["results"][name] = json.loads(out.strip().splitlines()[-1])
     if args.suite == "memory":
         report["ratios"] = memory_ratios(report["results"])
+    if args.suite == "time_to_quality":
+        report["summary"] = time_to_quality_summary(report["results"])
     print(json.dumps(report, indent=2))
 
 
