@@ -583,9 +583,9 @@ class QualityProbe(pl.Callback):
         return total / n
 
 
-def measure_time_to_quality(name: str, quick: bool) -> dict:
+def measure_time_to_quality(name: str, quick: bool, extra: tuple[str, ...] = ()) -> dict:
     """One run of QUALITY_RUNS: the cifar10_cpu VAE trained on CIFAR-10 at batch 16, test bits/dim on the way (--quick:
-    60 steps, 200 + 400 test images, to check the machinery)."""
+    60 steps, 200 + 400 test images, to check the machinery); ``extra``: config overrides to try (--set)."""
     import torch
 
     from main.datasets.datamodule import build_datamodule, first_images
@@ -595,7 +595,7 @@ def measure_time_to_quality(name: str, quick: bool) -> dict:
     precision, overrides, max_steps = QUALITY_RUNS[name]
     every, subset, n_test = (20, 200, 400) if quick else (QUALITY_EVERY, QUALITY_SUBSET, None)
     max_steps = 60 if quick else max_steps
-    cfg = compose_preset("cifar10_cpu", overrides=(f"dataset.root={shared_cifar10()}", *overrides))
+    cfg = compose_preset("cifar10_cpu", overrides=(f"dataset.root={shared_cifar10()}", *overrides, *extra))
     pl.seed_everything(0, workers=True)
     system = build_system(cfg)
     test_images, _ = first_images(cfg.dataset, "test", n_test)
@@ -603,6 +603,7 @@ def measure_time_to_quality(name: str, quick: bool) -> dict:
     bare_trainer(max_steps, precision, "cpu", [probe]).fit(system, datamodule=build_datamodule(cfg.dataset, batch_size=16, seed=0))
     return {
         "precision": precision,
+        "overrides": [*overrides, *extra],
         "optim": plain(cfg.vae.optim),
         "test_images": len(test_images),
         "steps": probe.steps,
@@ -658,10 +659,11 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
 
 
-def measure_in_this_process(suite: str, name: str, quick: bool) -> dict:
-    """One preset of a suite, with the machine's load around it and this process's peak memory."""
+def measure_in_this_process(suite: str, name: str, quick: bool, overrides: tuple[str, ...] = ()) -> dict:
+    """One preset of a suite (time_to_quality: with extra config overrides), with the machine's load around it and
+    this process's peak memory."""
     load_before = load_average()
-    result = SUITES[suite][1](name, quick)
+    result = SUITES[suite][1](name, quick, *((overrides,) if overrides else ()))
     result.update(
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         load_average_before=load_before,
@@ -674,13 +676,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", choices=list(SUITES))
     parser.add_argument("--quick", action="store_true", help="small presets only, fewer steps")
-    parser.add_argument("--preset", help="internal: measure one preset of the suite in this process")
+    parser.add_argument("--preset", help="measure only this preset of the suite, in this process")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="time_to_quality: a config override for every run (vae.optim.lr=2e-3)"
+    )
     args = parser.parse_args()
     presets = SUITES[args.suite][0]
+    if args.set and args.suite != "time_to_quality":
+        parser.error("--set only applies to time_to_quality")
     if args.preset:
         if args.preset not in presets:
             parser.error(f"--preset must be one of {', '.join(presets)} for {args.suite}")
-        print(json.dumps(measure_in_this_process(args.suite, args.preset, args.quick)))
+        print(json.dumps(measure_in_this_process(args.suite, args.preset, args.quick, tuple(args.set))))
         return
     import torch
 
@@ -697,6 +704,7 @@ def main() -> None:
     }
     for name in QUICK.get(args.suite, presets[:1]) if args.quick else presets:
         cmd = [sys.executable, __file__, args.suite, "--preset", name] + (["--quick"] if args.quick else [])
+        cmd += [f"--set={override}" for override in args.set]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         report["results"][name] = json.loads(out.strip().splitlines()[-1])
     if args.suite == "memory":
