@@ -678,7 +678,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small presets only, fewer steps")
     parser.add_argument("--preset", help="measure only this preset of the suite, in this process")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="time_to_quality: a config override for all runs (lr=...)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="time_to_quality: a config override for all runs, e.g. vae.optim.lr=2e-3",
     )
     args = parser.parse_args()
     presets = SUITES[args.suite][0]
