@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from main.datasets.latents import encode_images
-from main.models.autoencoder import build_autoencoder
+from main.models.autoencoder import build_autoencoder, encode_images
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import ELBO, HierarchicalVAE
 from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update

@@ -9,8 +9,7 @@ import torch
 from helpers import compose_config
 
 import main.systems.latent_setup as latent_setup
-from main.datasets.latents import encode_images
-from main.models.autoencoder import KLAutoencoder
+from main.models.autoencoder import KLAutoencoder, encode_images
 
 
 @pytest.fixture
