@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from main.evaluation import batch_generator, in_batches, pick_device
+from main.models.diffusion import SamplerConfig
 from main.systems.stage_one import StageOneSystem
 from main.systems.stage_two import StageTwoSystem
 from main.utils.checkpoint import load_checkpoint
@@ -176,7 +177,7 @@ class Refiner(Trained):
         )
 
 
-def sampler_config(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+def sampler_config(name: str, settings: dict[str, Any]) -> SamplerConfig:
     """main/configs/sampler/<name>.yaml (with its defaults) updated by ``settings``, each a key it has."""
     from hydra import compose, initialize_config_dir
 
@@ -189,7 +190,7 @@ def sampler_config(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         keys = ", ".join(key for key in config if key != "name")
         raise UserError(f"{', '.join(unknown)}: not a setting of sampler {name!r}, which takes {keys}")
-    return config | settings
+    return SamplerConfig.from_dict(config | settings)
 
 
 def class_labels(labels, n: int, classes: int, device) -> torch.Tensor | None:

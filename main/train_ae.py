@@ -35,12 +35,13 @@ def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: dict |
         label_dropout=cfg.vae.label_dropout,
         autoencoder=autoencoder,
         activation_checkpointing=cfg.vae.activation_checkpointing,
+        preview_temperature=plain(cfg.samples.temperature),
     )
     return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    return build_shared_trainer(cfg, monitor="val/bpd", temperature=cfg.samples.temperature)
+    return build_shared_trainer(cfg, monitor="val/bpd")
 
 
 def train(cfg: DictConfig) -> Path:

@@ -77,6 +77,7 @@ def build_system(cfg: DictConfig) -> StageTwoSystem:
         data=data,
         stage_one=stage_one,
         activation_checkpointing=ddpm["activation_checkpointing"],
+        preview_sampler=plain(cfg.samples.sampler),
     )
     if vae_state is not None:
         system.stage_one.load_state_dict(vae_state)
@@ -86,7 +87,7 @@ def build_system(cfg: DictConfig) -> StageTwoSystem:
 def train(cfg: DictConfig) -> Path:
     """Fit the refiner; returns the path of the last checkpoint."""
     pl.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, monitor="val/loss", sampler=plain(cfg.samples.sampler))
+    trainer = build_trainer(cfg, monitor="val/loss")
     return fit(cfg, build_system(cfg), trainer, cfg.ddpm.batch_size)
 
 

@@ -35,11 +35,13 @@ class StageOneSystem(GuardedSystem):
         label_dropout: float = 0.0,
         autoencoder: dict | None = None,
         activation_checkpointing: bool = False,
+        preview_temperature: float | list[float] = 1.0,
     ):
         """model: HierarchicalVAE kwargs; optim: lr, betas, weight_decay, warmup_steps, grad_clip,
         skip_threshold, max_consecutive_skips, ema_rate; data: the data set config (kept for evaluation);
         autoencoder: in latent space, the spec of the frozen autoencoder whose latents the VAE models;
-        activation_checkpointing: recompute the VAE's block activations in the backward pass (a training setting)."""
+        activation_checkpointing: recompute the VAE's block activations in the backward pass (a training setting);
+        preview_temperature: the prior's temperature in the training-time grids and FID (samples.temperature)."""
         super().__init__()
         check_optim(optim, "vae.optim")
         self.save_hyperparameters()
@@ -76,10 +78,10 @@ class StageOneSystem(GuardedSystem):
         elbo = self.vae(self._inputs(x), self._drop_labels(labels))
         self.update(elbo.loss.mean(), self.vae, elbo_metrics("train", elbo))
 
-    def sample_grid_images(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
-        """(uint8 EMA samples, images per row) for the training-time grid."""
+    def sample_images(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n uint8 EMA samples at the preview temperature, for the training-time grid and FID."""
         model = self.image_model
-        return model.to_uint8(model.sample(n, temperature=temperature, generator=generator)), int(n**0.5)
+        return model.to_uint8(model.sample(n, temperature=self.hparams.preview_temperature, generator=generator))
 
     # ---- evaluation (EMA weights) ------------------------------------------------------------------
     @property

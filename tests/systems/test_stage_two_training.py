@@ -6,12 +6,14 @@ import pytest
 import torch
 from helpers import tiny_refiner_config, tiny_train_config
 
+from main.models.diffusion import SamplerConfig
 from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
 from main.train_ae import train as train_stage_one
 from main.train_ddpm import build_system, train
 from main.utils.checkpoint import load_checkpoint
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,19 @@ def test_stage_one_is_frozen_and_travels_in_the_checkpoint(refiner, stage_one):
     assert checkpoint["stage"] == "ddpm" and hp["unet"]["num_classes"] == 10  # class_conditional: auto follows stage one
     system.train()
     assert not system.stage_one.training and system.unet.training
+
+
+def test_the_preview_sampler_travels_in_the_checkpoint_and_older_ones_sample_with_the_defaults(refiner, tmp_path):
+    checkpoint = load_checkpoint(refiner, StageTwoSystem.STAGE)
+    assert checkpoint["hyper_parameters"]["preview_sampler"]["steps"] == 25  # train_ddpm.yaml's samples.sampler, a plain dict
+    assert load_stage_two(refiner)[0].preview_sampler == SamplerConfig(steps=25)
+    del checkpoint["hyper_parameters"]["preview_sampler"]  # as written before refiners carried it
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    system = load_stage_two(tmp_path / "older.ckpt")[0].eval()
+    assert system.preview_sampler == SamplerConfig()
+    images = system.sample_images(2, torch.Generator().manual_seed(0))
+    _, refined = system.generate(2, {"steps": 50}, generator=torch.Generator().manual_seed(0))
+    assert images.dtype == torch.uint8 and torch.equal(images, to_uint8(refined))
 
 
 def test_ema_differs_from_the_trained_weights(refiner):
