@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from main.models.autoencoder import build_autoencoder, encode_images
+from main.models.autoencoder import autoencoder_spec, build_autoencoder, encode_images
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import ELBO, HierarchicalVAE
 from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update
@@ -49,6 +50,14 @@ class StageOneSystem(GuardedSystem):
         self.autoencoder = build_autoencoder(autoencoder).requires_grad_(False).eval() if autoencoder else None
         self.ema = AveragedModel(self.vae, multi_avg_fn=ema_update(optim["ema_rate"], optim.get("ema_warmup", True)), use_buffers=True)
         self.ema.requires_grad_(False)
+
+    @classmethod
+    def with_autoencoder(cls, autoencoder: nn.Module, **kwargs) -> StageOneSystem:
+        """A latent-space system modelling ``autoencoder``'s latents, with its weights copied in so that the checkpoint
+        carries them (resuming and evaluation rebuild it from there alone); kwargs: the rest of __init__'s."""
+        system = cls(autoencoder=autoencoder_spec(autoencoder), **kwargs)
+        system.autoencoder.load_state_dict(autoencoder.state_dict())
+        return system
 
     # ---- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):

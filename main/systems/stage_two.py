@@ -15,7 +15,7 @@ the EMA weights.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from main.models.diffusion.guidance import ConditionedDenoiser, class_labels_for
 from main.models.diffusion.unet import UNet
 from main.models.latent_space import stage_one_model
 from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update
+from main.systems.stage_one import load_stage_one
 from main.utils.errors import UserError
 from main.utils.image_io import to_uint8, to_unit_range
 
@@ -77,6 +78,31 @@ class StageTwoSystem(GuardedSystem):
             self.conditioning_k = self.stage_one.groups(conditioning["k"], "conditioning.k")
             check_augmentation(conditioning.get("corruption"))
         self.register_buffer("nonfinite_conditions", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def with_stage_one(cls, path: str | Path, data: dict, unet: Callable[[int], dict], **kwargs) -> StageTwoSystem:
+        """The refiner of the stage-one checkpoint at ``path``, with that stage one's EMA weights copied in so that the
+        refiner's own checkpoints carry them; refused when stage one models images of another shape than ``data``.
+        unet: the UNet kwargs for stage one's number of classes (0: not class-conditional); kwargs: the rest of __init__'s."""
+        vae_system, checkpoint = load_stage_one(path)
+        vae = vae_system.image_model  # in latent space: the VAE inside its autoencoder, both copied into the refiner
+        if (vae.channels, vae.image_size) != (data["channels"], data["image_size"]):
+            raise UserError(
+                f"stage one '{path}' models {vae.channels}x{vae.image_size}x{vae.image_size} images but data set "
+                f"'{data['name']}' has {data['channels']}x{data['image_size']}x{data['image_size']}: "
+                "use the data set stage one was trained on"
+            )
+        hparams = checkpoint["hyper_parameters"]
+        stage_one = {
+            "checkpoint": str(Path(path).resolve()),
+            "model": hparams["model"],
+            "data": hparams["data"],
+            "global_step": checkpoint.get("global_step"),
+            "autoencoder": hparams.get("autoencoder"),
+        }
+        system = cls(unet=unet(hparams["model"].get("num_classes", 0)), data=data, stage_one=stage_one, **kwargs)
+        system.stage_one.load_state_dict(vae.state_dict())
+        return system
 
     @staticmethod
     def upgrade_checkpoint(checkpoint: dict[str, Any]) -> None:

@@ -78,12 +78,17 @@ def test_forward_uses_the_global_random_stream():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def posterior_means_decoded(model, x):
+    """The deterministic reconstruction: every group at its posterior mean, rendered as the likelihood's mean."""
+    return model.sample(len(x), latents=model.encode_latents(x, temperature=0.0), output="mean")
+
+
 def test_batch_elements_do_not_interact():
-    """A deterministic reconstruction (temperature 0, likelihood mean) of each image is the same alone as in a batch."""
+    """A deterministic reconstruction (posterior means, likelihood mean) of each image is the same alone as in a batch."""
     model = tiny()
     x = images(4)
-    batch = model.reconstruct(x, temperature=0.0, output="mean")
-    alone = torch.cat([model.reconstruct(x[i : i + 1], temperature=0.0, output="mean") for i in range(4)])
+    batch = posterior_means_decoded(model, x)
+    alone = torch.cat([posterior_means_decoded(model, x[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(batch[0], batch[1])
 
@@ -252,13 +257,13 @@ def test_fixed_latents_replace_the_draw():
 
 
 def test_encoded_latents_decode_to_the_reconstruction():
-    """Posterior means fed back through `sample(latents=...)` give `reconstruct` at temperature 0 for every group."""
+    """Posterior draws fed back through `sample(latents=...)` give `reconstruct`'s with the same generator."""
     model, x = tiny(), images(3)
-    latents = model.encode_latents(x)
+    latents = model.encode_latents(x, temperature=1.0, generator=gen(4))
     assert [tuple(z.shape) for z in latents] == model.latent_shapes(3)
     with torch.no_grad():
         decoded = model.sample(3, latents=latents, output="mean")
-        direct = model.reconstruct(x, temperature=0.0, output="mean")
+        direct = model.reconstruct(x, generator=gen(4), output="mean")
         torch.testing.assert_close(decoded, direct)
         assert not torch.allclose(
             model.sample(3, latents=[latents[0], *[None] * (len(latents) - 1)], output="mean", generator=gen(0)), direct
@@ -571,12 +576,27 @@ def test_reconstruct_with_all_groups_depends_on_the_images():
     assert torch.equal(a, model.reconstruct(images(2, seed=1), generator=gen(5), output="mean"))  # k defaults to all
 
 
-def test_reconstruct_at_temperature_zero_is_deterministic():
-    model = tiny()
-    x = images(2)
-    a = model.reconstruct(x, k=3, temperature=0.0, generator=gen(1), output="mean")
-    b = model.reconstruct(x, k=3, temperature=0.0, generator=gen(2), output="mean")
-    assert torch.equal(a, b)
+@pytest.mark.parametrize("temperature", [0.0, 0.1, 2.0, [0.5, 0.0, 3.0, 0.1, 0.2]])
+def test_reconstruct_temperature_leaves_posterior_draws_alone(temperature):
+    """Temperature is the prior's (as in VDVAE): with every group from the posterior it changes nothing, and the
+    draws are the posterior's own (temperature 1), not its mean."""
+    model, x = tiny(), images(3)
+    true_draws = model.reconstruct(x, generator=gen(3), output="mean")
+    assert torch.equal(model.reconstruct(x, temperature=temperature, generator=gen(3), output="mean"), true_draws)
+    assert not torch.allclose(true_draws, posterior_means_decoded(model, x))
+
+
+@pytest.mark.parametrize("temperature", [0.0, [9.0, 9.0, 9.0, 0.0, 0.0]])
+def test_reconstruct_temperature_scales_the_prior_groups_after_k(temperature):
+    """k = 3 of 5 at temperature 0: the first 3 groups are posterior draws, the last 2 their prior means (a list's
+    first k values are unused)."""
+    model, x = tiny(), images(2)
+    drawn = model.encode_latents(x, temperature=1.0, generator=gen(1))[:3]
+    expected = model.sample(2, temperature=0.0, latents=[*drawn, None, None], output="mean")
+    torch.testing.assert_close(model.reconstruct(x, k=3, temperature=temperature, generator=gen(1), output="mean"), expected)
+    assert not torch.allclose(model.reconstruct(x, k=3, temperature=1.0, generator=gen(1), output="mean"), expected)
+    prior_means = model.reconstruct(x, k=0, temperature=0.0, generator=gen(1), output="mean")
+    assert torch.equal(prior_means, model.reconstruct(x, k=0, temperature=0.0, generator=gen(2), output="mean"))
 
 
 @pytest.mark.parametrize("k", [-1, 6, 100])
