@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from main.evaluation import batch_generator, in_batches, pick_device
+from main.evaluation.common import batch_generator, in_batches, pick_device
 from main.systems.stage_one import StageOneSystem
 from main.systems.stage_two import StageTwoSystem
 from main.utils.checkpoint import load_checkpoint

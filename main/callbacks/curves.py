@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchvision.io import ImageReadMode, read_image
 
 from main.callbacks import log_image
-from main.plots import plot_training_curves
+from main.evaluation.plots import plot_training_curves
 from main.utils.errors import UserError
 
 

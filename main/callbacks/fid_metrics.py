@@ -18,8 +18,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from main.evaluation import batch_generator, in_batches
-from main.fid import DEFAULT_CACHE, Scorer, load_reference, parse_metrics
+from main.evaluation.common import batch_generator, in_batches
+from main.evaluation.fid import DEFAULT_CACHE, Scorer, load_reference, parse_metrics
 from main.systems.stage_two import StageTwoSystem
 from main.utils.errors import UserError
 from main.utils.image_io import to_uint8

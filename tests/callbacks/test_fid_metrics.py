@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from main.callbacks.fid_metrics import FIDMetrics, fid_samples
 from main.datasets import build_datamodule
-from main.evaluation import batch_generator
+from main.evaluation.common import batch_generator
 from main.train_ae import build_trainer, train
 from main.train_ddpm import build_system
 from main.utils.errors import UserError

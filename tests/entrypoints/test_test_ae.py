@@ -13,7 +13,7 @@ from helpers import compose_config, tiny_train_config
 from PIL import Image
 
 from main.systems.stage_one import load_stage_one
-from main.test_ae import evaluate
+from main.evaluation.stage_one import evaluate
 from main.train_ae import train
 from main.utils.errors import UserError
 
@@ -154,7 +154,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_dataset_overrides_replace_only_what_the_command_line_sets(checkpoint, tmp_path):
     """`dataset.root=...` composes without Hydra's `+` and overrides the checkpoint's root; unset keys keep its values."""
-    from main.evaluation import dataset_config
+    from main.evaluation.common import dataset_config
 
     trained = {"name": "cifar10", "root": "/trained/here", "download": False}
     moved = dataset_config(trained, eval_config(checkpoint, tmp_path, "dataset.root=/moved/there").dataset)

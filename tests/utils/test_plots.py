@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from main.plots import (
+from main.evaluation.plots import (
     DPI,
     KL_SIZE,
     PALETTE,

@@ -35,7 +35,7 @@ from main.models.vdvae.original_format import (
     to_original,
 )
 from main.systems.stage_one import load_stage_one
-from main.test_ae import evaluate
+from main.evaluation.stage_one import evaluate
 
 # VDVAE's hps.py (openai/vdvae@ea35b49): width, custom_width_str, enc_blocks, dec_blocks, num_mixtures, and the
 # parameter count its code reports for each.

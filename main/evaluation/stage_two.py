@@ -26,9 +26,9 @@ from lightning.fabric import Fabric
 from omegaconf import DictConfig
 
 from main.datasets import first_images
-from main.evaluation import Shard, batch_generator, check_counts, dataset_config, generate_to
-from main.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
-from main.plots import plot_speed_quality
+from main.evaluation.common import Shard, batch_generator, check_counts, dataset_config, generate_to
+from main.evaluation.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
+from main.evaluation.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
 from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point

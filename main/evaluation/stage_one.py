@@ -23,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule, first_images
-from main.evaluation import batch_generator, check_counts, dataset_config, generate_to, pick_device
+from main.evaluation.common import batch_generator, check_counts, dataset_config, generate_to, pick_device
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
-from main.plots import plot_kl_per_group
+from main.evaluation.plots import plot_kl_per_group
 from main.systems.stage_one import load_stage_one
 from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
