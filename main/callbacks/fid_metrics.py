@@ -1,4 +1,4 @@
-"""Optional FID/KID of EMA samples during training, against a reference (main/fid.py's Scorer), logged like every other metric.
+"""Optional FID/KID of EMA samples during training, against a reference (main/evaluation/fid.py's Scorer), logged like every other metric.
 
 Cost per evaluation: generating ``n_samples`` (stage two: with the grid's sampler) plus Inception at 299x299 on each of
 them, measured 0.37 s per image plus 12 s fixed on one busy CPU thread (milliseconds per image on a GPU); the reference's

@@ -1,22 +1,14 @@
-"""Evaluate and sample a trained stage one from its checkpoint alone.
-
-    python main/test_ae.py checkpoint=outputs/run/checkpoints/last.ckpt
-    python main/test_ae.py checkpoint=... tasks=[samples] samples.n=10000 samples.temperature=0.9
+"""The tasks of main/test_ae.py: evaluate and sample a trained stage one from its checkpoint alone.
 
 Writes to out_dir: results.json, and per task one PNG per image, a grid and an .npz.
 """
 
 from __future__ import annotations
 
-try:  # first: puts the repository on sys.path
-    from main import _bootstrap  # noqa: F401  (run as a package)
-except ModuleNotFoundError:
-    import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)
 import math
 import time
 from pathlib import Path
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -24,12 +16,12 @@ from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule, first_images
 from main.evaluation.common import batch_generator, check_counts, dataset_config, generate_to, pick_device
+from main.evaluation.plots import plot_kl_per_group
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
-from main.evaluation.plots import plot_kl_per_group
 from main.systems.stage_one import load_stage_one
-from main.utils.config import plain, print_config_tree
-from main.utils.errors import UserError, exit_on_user_error, run_entry_point
+from main.utils.config import plain
+from main.utils.errors import UserError
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder
 from main.utils.progress import progress_bar
 from main.utils.results import write_results
@@ -206,18 +198,3 @@ def reconstructions(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, out_
             metrics[f"recon_mse_k{k}"] = float(((recon.float() - x.float()) ** 2).mean())
     save_grid(torch.cat(rows), out_dir / "reconstructions_grid.png", nrow=r.n)
     return metrics
-
-
-@hydra.main(config_path="configs", config_name="test_ae", version_base="1.3")
-@exit_on_user_error
-def main(cfg: DictConfig) -> float | None:
-    print_config_tree(cfg)
-    results = evaluate(cfg)
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
-    print(f"results: {shown}\nwritten to {Path(cfg.out_dir).resolve()}")
-    metrics = results["metrics"]  # what a sweeper minimises: the bpd task's bits/dim (per latent dimension in latent space)
-    return metrics.get(f"{cfg.bpd.split}_bpd", metrics.get(f"{cfg.bpd.split}_latent_bpd"))
-
-
-if __name__ == "__main__":
-    run_entry_point(main, Path(__file__).parent / "configs")

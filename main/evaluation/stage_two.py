@@ -1,10 +1,5 @@
-"""Two-stage sampling and evaluation from a refiner checkpoint alone (it holds the frozen stage one too).
-
-    python main/test_ddpm.py checkpoint=outputs/run/checkpoints/last.ckpt samples.n=10000 sampler=dpm_solver
-    python main/test_ddpm.py checkpoint=... devices=4                    # samples split across 4 GPUs
-    python main/test_ddpm.py checkpoint=... tasks=[reconstructions]      # x -> stage one -> refined, with MSE/PSNR
-    python main/test_ddpm.py checkpoint=... tasks=[interpolation]
-    python main/test_ddpm.py checkpoint=... tasks=[speed_quality] speed_quality.n=1000 speed_quality.weights=<inception .pth>
+"""The tasks of main/test_ddpm.py: two-stage sampling and evaluation from a refiner checkpoint alone (it holds the frozen
+stage one too).
 
 Tasks write to out_dir: samples/ (refined, one PNG per image: what FID tools read), samples_stage_one/,
 a grid of stage-one images above their refinements, .npz files, and results.json; speed_quality also
@@ -13,16 +8,10 @@ speed_quality/<sampler>_<steps>/ and plots/speed_quality.png.
 
 from __future__ import annotations
 
-try:  # first: puts the repository on sys.path
-    from main import _bootstrap  # noqa: F401  (run as a package)
-except ModuleNotFoundError:
-    import _bootstrap  # noqa: F401  (run as `python main/<entry>.py`)
 import time
 from pathlib import Path
 
-import hydra
 import torch
-from lightning.fabric import Fabric
 from omegaconf import DictConfig
 
 from main.datasets import first_images
@@ -30,8 +19,8 @@ from main.evaluation.common import Shard, batch_generator, check_counts, dataset
 from main.evaluation.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
 from main.evaluation.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
-from main.utils.config import plain, print_config_tree
-from main.utils.errors import UserError, exit_on_user_error, run_entry_point
+from main.utils.config import plain
+from main.utils.errors import UserError
 from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, staged_folder, to_uint8
 from main.utils.results import write_results
 
@@ -106,7 +95,7 @@ def two_stage_task(
 def speed_quality(system: StageTwoSystem, cfg, out_dir: Path, shard: Shard) -> list[dict] | None:
     """Two-stage samples for every (sampler, steps) from the same seeds, timed and scored against a reference.
 
-    Every rank generates its share; rank 0 scores each point (main/fid.py's Scorer), draws plots/speed_quality.png and
+    Every rank generates its share; rank 0 scores each point (main/evaluation/fid.py's Scorer), draws plots/speed_quality.png and
     returns [{sampler, steps, images_per_s, refiner_images_per_s, fid, kid_mean, ...}] (None on other ranks).
     """
     c = cfg.speed_quality
@@ -208,17 +197,6 @@ def interpolation(system: StageTwoSystem, cfg, out_dir: Path) -> None:
             save_grid(noise_strip, staging / f"noise_{pair:03d}.png", len(weights) + 1)
 
 
-def launch(cfg: DictConfig) -> tuple[torch.device, Shard]:
-    """Start one process per device (Lightning Fabric; also under SLURM or torchrun) and return this rank's device and shard."""
-    strategy = "ddp" if cfg.devices != 1 or cfg.num_nodes != 1 else "auto"
-    try:
-        fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy)
-    except (ValueError, ModuleNotFoundError) as err:  # devices this machine does not have, an accelerator it cannot run
-        raise UserError(f"accelerator={cfg.accelerator} devices={cfg.devices}: {str(err).splitlines()[0]}") from None
-    fabric.launch()
-    return fabric.device, Shard(fabric.global_rank, fabric.world_size, fabric.barrier)
-
-
 def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard | None = None) -> dict | None:
     """Run cfg.tasks; returns what results.json holds (on rank 0; None on other ranks)."""
     unknown = set(cfg.tasks) - set(TASKS)
@@ -274,18 +252,3 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
         },
         timings=timings,
     )
-
-
-@hydra.main(config_path="configs", config_name="test_ddpm", version_base="1.3")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    print_config_tree(cfg)
-    device, shard = launch(cfg)
-    results = evaluate(cfg, device, shard)
-    if results is not None:
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items() if not isinstance(v, list)}
-        print(f"results: {shown}\nwritten to {Path(cfg.out_dir).resolve()}")
-
-
-if __name__ == "__main__":
-    run_entry_point(main, Path(__file__).parent / "configs")

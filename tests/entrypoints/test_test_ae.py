@@ -12,8 +12,8 @@ import torch
 from helpers import compose_config, tiny_train_config
 from PIL import Image
 
-from main.systems.stage_one import load_stage_one
 from main.evaluation.stage_one import evaluate
+from main.systems.stage_one import load_stage_one
 from main.train_ae import train
 from main.utils.errors import UserError
 

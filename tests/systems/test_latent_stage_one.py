@@ -10,10 +10,10 @@ import pytest
 import torch
 from helpers import QUIET_CPU_TRAINING, TINY_DIGITS, compose_config, tiny_refiner_config
 
+from main.evaluation.stage_one import evaluate
 from main.models.latent_space import LatentSpaceModel
 from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import load_stage_two
-from main.evaluation.stage_one import evaluate
 from main.train_ae import train as train_stage_one
 from main.train_autoencoder import train as train_autoencoder
 from main.train_ddpm import train as train_refiner
