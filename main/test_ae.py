@@ -29,8 +29,9 @@ def main(cfg: DictConfig) -> float | None:
     results = evaluate(cfg)
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results["metrics"].items()}
     print(f"results: {shown}\nwritten to {Path(cfg.out_dir).resolve()}")
-    metrics = results["metrics"]  # what a sweeper minimises: the bpd task's bits/dim (per latent dimension in latent space)
-    return metrics.get(f"{cfg.bpd.split}_bpd", metrics.get(f"{cfg.bpd.split}_latent_bpd"))
+    # What a sweeper minimises: the bpd task's bits/dim (per latent dimension in latent space), without labels if scored so.
+    keys = [f"{cfg.bpd.split}_{space}bpd{given}" for given in ("", "_given_label") for space in ("", "latent_")]
+    return next((results["metrics"][key] for key in keys if key in results["metrics"]), None)
 
 
 if __name__ == "__main__":

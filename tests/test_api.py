@@ -95,7 +95,8 @@ def test_bpd_of_a_loader_is_test_aes_bpd(stage_one, example, tmp_path):
 
     out = tmp_path / "eval"
     metrics = evaluate(compose_config("test_ae", [f"checkpoint={stage_one}", f"out_dir={out}", "tasks=[bpd]", "device=cpu"]))["metrics"]
-    assert example["test_bpd"] == pytest.approx(metrics["test_bpd"], abs=0.02)  # the same images; other posterior draws
+    # The same images with their labels (the model is class-conditional); other posterior draws.
+    assert example["test_bpd"] == pytest.approx(metrics["test_bpd_given_label"], abs=0.02)
 
 
 def test_bpd_is_seeded_and_leaves_the_callers_random_stream_alone(example):

@@ -35,19 +35,40 @@ COUNTS = {  # the counts each task reads (check_counts)
 }
 
 
+class NullLabels:
+    """A loader's batches with every label -1, the null label: scored, they bound -log p(x) rather than -log p(x|c)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, labels in self.loader:
+            yield x, torch.full_like(labels, -1)
+
+
 def test_bpd(system, data_cfg, cfg) -> tuple[dict, dict]:
+    """The split's ELBO metrics. A class-conditional model is scored given each image's label (keys ``*_given_label``)
+    and, if trained with the null label (label_dropout > 0), without (the plain keys, as an unconditional model's)."""
     datamodule = build_datamodule(data_cfg, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
     datamodule.setup("test")
     n_images = len(datamodule.split(cfg.bpd.split))
     accelerator = "gpu" if pick_device(cfg.device).type == "cuda" else "cpu"
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
     loader = {"test": datamodule.test_dataloader, "val": datamodule.val_dataloader}[cfg.bpd.split]()
-    start = time.perf_counter()
-    scores = trainer.test(system, dataloaders=loader, verbose=False)[0]
-    seconds = time.perf_counter() - start
+    passes = {"_given_label": loader} if system.vae.num_classes else {"": loader}
+    if system.vae.num_classes and system.hparams.label_dropout > 0:
+        passes[""] = NullLabels(loader)
     space = "latent_" if system.autoencoder is not None else ""  # latent space: a density per latent dimension, not pixel bits
-    metrics = {f"{cfg.bpd.split}_{space}{k.split('/')[1]}": v for k, v in scores.items()}
-    return metrics, {"eval_images_per_s": n_images / seconds, "eval_images": n_images}
+    metrics, start = {}, time.perf_counter()
+    for suffix, batches in passes.items():
+        torch.manual_seed(cfg.seed)  # the same posterior draws in every pass: with and without labels differ by the label only
+        scores = trainer.test(system, dataloaders=batches, verbose=False)[0]
+        metrics |= {f"{cfg.bpd.split}_{space}{k.split('/')[1]}{suffix}": v for k, v in scores.items()}
+    seconds = time.perf_counter() - start
+    return metrics, {"eval_images_per_s": n_images * len(passes) / seconds, "eval_images": n_images}
 
 
 def test_iw_bpd(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, device) -> tuple[dict, dict]:
@@ -77,14 +98,15 @@ def test_iw_bpd(vae: HierarchicalVAE | LatentSpaceModel, data_cfg, cfg, device) 
         return float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
 
     name = f"{c.split}_latent" if isinstance(vae, LatentSpaceModel) else c.split  # per latent dimension in latent space
+    given = "_given_label" if vae.num_classes else ""  # scored with the images' labels: bounds on -log p(x|c)
     metrics = {
-        f"{name}_elbo_bpd": float(elbo_bpd.mean()),
-        f"{name}_elbo_bpd_se": standard_error(elbo_bpd),
-        f"{name}_iw_bpd": float(iw_bpd.mean()),
-        f"{name}_iw_bpd_se": standard_error(iw_bpd),
+        f"{name}_elbo_bpd{given}": float(elbo_bpd.mean()),
+        f"{name}_elbo_bpd{given}_se": standard_error(elbo_bpd),
+        f"{name}_iw_bpd{given}": float(iw_bpd.mean()),
+        f"{name}_iw_bpd{given}_se": standard_error(iw_bpd),
         # Image by image, the bounds differ far less than images do: the paired gain has a much smaller error.
-        f"{name}_iw_gain_bpd": float((elbo_bpd - iw_bpd).mean()),
-        f"{name}_iw_gain_bpd_se": standard_error(elbo_bpd - iw_bpd),
+        f"{name}_iw_gain_bpd{given}": float((elbo_bpd - iw_bpd).mean()),
+        f"{name}_iw_gain_bpd{given}_se": standard_error(elbo_bpd - iw_bpd),
         "iw_samples": int(c.samples),
         "iw_images": n,
         "kl_per_group_bpd": torch.cat(kl_per_group).mean(0).tolist(),
