@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from main.evaluation import batch_generator, in_batches, pick_device
+from main.evaluation.common import batch_generator, in_batches, pick_device
 from main.models.diffusion import SamplerConfig
 from main.systems.stage_one import StageOneSystem
 from main.systems.stage_two import StageTwoSystem
@@ -107,8 +107,9 @@ class StageOne(Trained):
     @torch.no_grad()
     def bpd(self, images: torch.Tensor | DataLoader, labels: Labels = None, seed: int = 0, batch_size: int = 64) -> float:
         """Negative ELBO in bits per dimension, averaged over images, of uint8 images [N, C, H, W] (labels: class ids,
-        -1 for none) or of a DataLoader of (images, labels) batches; as `test_ae.py tasks=[bpd]` scores the test split.
-        In latent space it is per latent dimension, not per pixel. ``seed`` fixes the posterior draws."""
+        -1 for none) or of a DataLoader of (images, labels) batches; as `test_ae.py tasks=[bpd]` scores the test split
+        (given real labels: its test_bpd_given_label; given -1: its test_bpd). In latent space it is per latent
+        dimension, not per pixel. ``seed`` fixes the posterior draws."""
         if isinstance(images, torch.Tensor):
             check_count(batch_size, "batch_size")
             labels = class_labels(labels, len(images), self.model.num_classes, "cpu")

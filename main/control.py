@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Subset
 
 from main.api import load_system
 from main.datasets import build_datamodule, first_images
-from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.common import batch_generator, check_counts, dataset_config, in_batches, pick_device
 from main.models.diffusion import SamplerConfig
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE

@@ -24,10 +24,10 @@ from omegaconf import DictConfig
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from main.datasets import first_images
-from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.common import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.plots import plot_noisy_conditioning
 from main.models.diffusion import SamplerConfig
 from main.models.diffusion.corruptions import check_strength, corrupt
-from main.plots import plot_noisy_conditioning
 from main.systems.stage_two import load_stage_two
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point

@@ -1,4 +1,4 @@
-"""Optional FID/KID of EMA samples during training, against a reference (main/fid.py's Scorer), logged like every other metric.
+"""Optional FID/KID of EMA samples during training, against a reference (main/evaluation/fid.py's Scorer), logged like every other metric.
 
 Cost per evaluation: generating ``n_samples`` (`ImageSampler`, with the system's preview settings) plus Inception at 299x299 on each of
 them, measured 0.37 s per image plus 12 s fixed on one busy CPU thread (milliseconds per image on a GPU); the reference's
@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from main.callbacks import ImageSampler
-from main.evaluation import batch_generator, in_batches
-from main.fid import DEFAULT_CACHE, Scorer, load_reference, parse_metrics
+from main.evaluation.common import batch_generator, in_batches
+from main.evaluation.fid import DEFAULT_CACHE, Scorer, load_reference, parse_metrics
 from main.utils.errors import UserError
 
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from main.callbacks.fid_metrics import FIDMetrics
 from main.datasets import build_datamodule
-from main.evaluation import batch_generator
+from main.evaluation.common import batch_generator
 from main.models.diffusion import SamplerConfig
 from main.train_ae import build_system as build_stage_one
 from main.train_ae import build_trainer, train

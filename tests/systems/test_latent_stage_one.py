@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import QUIET_CPU_TRAINING, TINY_DIGITS, compose_config, tiny_refiner_config
 
+from main.evaluation.stage_one import evaluate
 from main.models.autoencoder import KLAutoencoder, autoencoder_spec
 from main.models.latent_space import LatentSpaceModel
 from main.systems.stage_one import StageOneSystem, load_stage_one
 from main.systems.stage_two import load_stage_two
-from main.test_ae import evaluate
 from main.train_ae import train as train_stage_one
 from main.train_autoencoder import train as train_autoencoder
 from main.train_ddpm import train as train_refiner
@@ -82,8 +82,9 @@ def test_test_ae_evaluates_and_samples_a_latent_checkpoint(stages, tmp_path):
          "class_samples.guidance=[1.5,3.0]", "iw_bpd.samples=4", "iw_bpd.n_images=16", "reconstructions.n=4", "reconstructions.k=[0,all]"],
     )  # fmt: skip
     metrics = evaluate(cfg)["metrics"]
-    assert "test_latent_bpd" in metrics and "test_bpd" not in metrics  # a density per latent dimension, named so
-    assert metrics["test_latent_iw_bpd"] < metrics["test_latent_elbo_bpd"]
+    # A density per latent dimension, named so; class-conditional: with the labels and with the null label.
+    assert {"test_latent_bpd", "test_latent_bpd_given_label"} <= set(metrics) and "test_bpd" not in metrics
+    assert metrics["test_latent_iw_bpd_given_label"] < metrics["test_latent_elbo_bpd_given_label"]
     # Reconstructions from every posterior group are closer to the images than prior samples (k = 0).
     groups = load_stage_one(stages["stage_one"])[0].vae.num_groups
     assert metrics[f"recon_mse_k{groups}"] < metrics["recon_mse_k0"]
