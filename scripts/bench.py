@@ -409,7 +409,6 @@ class PeakMemory(pl.Callback):
         if self.device.type == "cuda" or batch_idx != self.last:
             return
         self.rss_peak = self.above_baseline()
-        pl_module.optimizers().zero_grad(set_to_none=True)  # the step's first action, moved before the trim
         self.libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
         self.libc.malloc_trim(0)
         self.reset_high_water_mark()
