@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent|memory|precision [--quick]`.
+"""Speed and memory benchmarks, printed as JSON: `bash scripts/bench.sh stage1|stage2|latent|memory|presets|precision [--quick]`.
 
 Each preset is measured in its own process (so peak memory is its own), with the load average
 before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
@@ -31,6 +31,16 @@ statistics, so the resident set's high-water mark stands in (VmHWM, reset when t
 (peak_step_rss_default_malloc_mb: what the process really held) overstates the tensors in use; one more, untimed
 step runs with every allocation of 64 KiB or more mapped on its own and unmapped when freed, and its mark is the
 peak of the live tensors (peak_step_mb), the figure comparable to a GPU's. --quick measures the CPU presets only.
+
+presets (which GPU each preset fits): every VAE and refiner preset's fp32 training step at its own batch size, plain and
+with activation_checkpointing, estimated without arithmetic (scripts/memory_estimate.py): the system is built on the
+meta device and one forward of the training loss and its backward run on shapes alone, every tensor an operation
+creates counted until freed. Reported: the trained weights, their gradients and Adam's two moments, the EMA copy, other
+weights (a refiner's stage one, a latent VAE's autoencoder), the activations saved for backward, the forward/backward
+peak and the step's total, and whether it fits a 16, 24, 40 and 80 GB card with 10% and 1 GB to spare (CUDA context,
+cuDNN workspaces, fragmentation). A refiner runs over the VAE preset of its name (at 128 px, where none fits: no stage
+one, unconditional). The check:<config> entries run the memory suite's measurement of a CPU preset at batch 16 and the
+estimate of the same step, and report estimate / measured. --quick: vae=cifar10_cpu, vae=ffhq256 and the checks.
 
 precision (what trainer.precision=auto and channels_last=auto choose from, main/utils/hardware.py): for vae=cifar10_cpu
 and ddpm=cifar10_cpu (over a cifar10_cpu stage one with random weights), batch 16, a real training step in fp32,
