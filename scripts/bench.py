@@ -559,7 +559,7 @@ def preset_step(model: str, checkpointed: bool, batch: int | None = None, vae: d
             stage_one = None if preset in RESIZED else vae or plain(compose_preset(preset, dataset).vae.model)
             system = refiner_system(cfg, refiner_unet_kwargs(cfg), stage_one)
             trained, batch = system.unet, batch or cfg.ddpm.batch_size
-            x = torch.randint(0, 256, (batch, 3, cfg.dataset.image_size, cfg.dataset.image_size), dtype=torch.uint8)
+            x = torch.randint(0, 256, (batch, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size), dtype=torch.uint8)
         labels = torch.zeros(batch, dtype=torch.long)
     system.train()
     if group == "vae":
