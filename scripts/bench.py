@@ -87,7 +87,8 @@ def compose_ddpm(preset: str, overrides: tuple[str, ...] = (), dataset: str = "c
 
     with initialize_config_dir(config_dir=str(ROOT / "main" / "configs"), version_base="1.3"):
         return compose(
-            "train_ddpm", overrides=[f"dataset={dataset}", f"ddpm={preset}", "run_dir=/tmp/unused", "name=bench", "stage_one=null", *overrides]
+            "train_ddpm",
+            overrides=[f"dataset={dataset}", f"ddpm={preset}", "run_dir=/tmp/unused", "name=bench", "stage_one=null", *overrides],
         )
 
 
@@ -532,7 +533,8 @@ CARD_RESERVE_GB, CARD_OVERHEAD = 1.0, 1.1  # the CUDA context and cuDNN's worksp
 def preset_step(model: str, checkpointed: bool, batch: int | None = None, vae: dict | None = None):
     """(system, trained module, batch, loss closure) of "<group>=<preset>" on the meta device, at the preset's batch size
     unless ``batch`` is given. A refiner runs over the VAE of kwargs ``vae``, else the VAE preset of the same name (random
-    weights; at 128 px, where no VAE preset fits, unconditional); a latent VAE models Stable Diffusion's KL-f8 latents, that autoencoder held frozen."""
+    weights; at 128 px, where no VAE preset fits, unconditional); a latent VAE models Stable Diffusion's KL-f8 latents,
+    that autoencoder held frozen."""
     import torch
 
     from main.train_ae import build_system
