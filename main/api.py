@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from main.evaluation import batch_generator, in_batches, pick_device
+from main.evaluation.common import batch_generator, in_batches, pick_device
+from main.models.diffusion import SamplerConfig
 from main.systems.stage_one import StageOneSystem
 from main.systems.stage_two import StageTwoSystem
 from main.utils.checkpoint import load_checkpoint
@@ -106,8 +107,9 @@ class StageOne(Trained):
     @torch.no_grad()
     def bpd(self, images: torch.Tensor | DataLoader, labels: Labels = None, seed: int = 0, batch_size: int = 64) -> float:
         """Negative ELBO in bits per dimension, averaged over images, of uint8 images [N, C, H, W] (labels: class ids,
-        -1 for none) or of a DataLoader of (images, labels) batches; as `test_ae.py tasks=[bpd]` scores the test split.
-        In latent space it is per latent dimension, not per pixel. ``seed`` fixes the posterior draws."""
+        -1 for none) or of a DataLoader of (images, labels) batches; as `test_ae.py tasks=[bpd]` scores the test split
+        (given real labels: its test_bpd_given_label; given -1: its test_bpd). In latent space it is per latent
+        dimension, not per pixel. ``seed`` fixes the posterior draws."""
         if isinstance(images, torch.Tensor):
             check_count(batch_size, "batch_size")
             labels = class_labels(labels, len(images), self.model.num_classes, "cpu")
@@ -176,7 +178,7 @@ class Refiner(Trained):
         )
 
 
-def sampler_config(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+def sampler_config(name: str, settings: dict[str, Any]) -> SamplerConfig:
     """main/configs/sampler/<name>.yaml (with its defaults) updated by ``settings``, each a key it has."""
     from hydra import compose, initialize_config_dir
 
@@ -189,7 +191,7 @@ def sampler_config(name: str, settings: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         keys = ", ".join(key for key in config if key != "name")
         raise UserError(f"{', '.join(unknown)}: not a setting of sampler {name!r}, which takes {keys}")
-    return config | settings
+    return SamplerConfig.from_dict(config | settings)
 
 
 def class_labels(labels, n: int, classes: int, device) -> torch.Tensor | None:

@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader, Subset
 
 from main.api import load_system
 from main.datasets import build_datamodule, first_images
-from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.common import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.models.diffusion import SamplerConfig
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 from main.systems.stage_one import StageOneSystem
@@ -72,7 +73,7 @@ class Stages:
     vae: HierarchicalVAE
     refiner: StageTwoSystem | None
     output: str  # stage one's rendering: mean | sample
-    sampler: dict
+    sampler: SamplerConfig
     device: torch.device
 
     def decode(self, latents: Sequence[torch.Tensor], labels, temperature: float, generator, k: int | None = None) -> torch.Tensor:
@@ -256,7 +257,7 @@ def run(cfg: DictConfig) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     start_time = time.perf_counter()
     x, labels = source_images(cfg, vae, data_cfg, device)
     output = cfg.output or (refiner.hparams.conditioning["output"] if refiner is not None else "mean")
-    stages = Stages(vae, refiner, output, plain(cfg.sampler), device)
+    stages = Stages(vae, refiner, output, SamplerConfig.from_dict(cfg.sampler), device)
     metrics: dict = {"task": cfg.task, "k": k, "num_groups": vae.num_groups, "stage_one_output": output, "refined": refiner is not None}
     if cfg.task == "attribute":
         if cfg.attribute.lower not in ("prior", "image"):

@@ -24,9 +24,10 @@ from omegaconf import DictConfig
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from main.datasets import first_images
-from main.evaluation import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.common import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.plots import plot_noisy_conditioning
+from main.models.diffusion import SamplerConfig
 from main.models.diffusion.corruptions import check_strength, corrupt
-from main.plots import plot_noisy_conditioning
 from main.systems.stage_two import load_stage_two
 from main.utils.config import plain
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
@@ -74,7 +75,7 @@ def evaluate(cfg: DictConfig) -> dict:
     check_writable(out_dir, cfg.overwrite)
     x_all, labels_all = first_images(dataset_config(system.hparams.data, cfg.dataset), "test", cfg.n)
     system.stage_one.check_images(x_all)
-    sampler = plain(cfg.sampler)
+    sampler = SamplerConfig.from_dict(cfg.sampler)
     scores = {point: {"psnr_y": [], "ssim_y": [], "psnr_refined": [], "ssim_refined": []} for point in points}
     examples: dict[tuple[str, float], tuple[torch.Tensor, torch.Tensor]] = {}
     start_time = time.perf_counter()

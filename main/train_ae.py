@@ -17,6 +17,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from main.systems.latent_setup import prepare_latent_space
 from main.systems.stage_one import StageOneSystem
@@ -26,21 +27,22 @@ from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 
 
-def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: dict | None = None) -> StageOneSystem:
-    """The system of cfg.vae; in latent space, ``model`` (sized to the latents) and the ``autoencoder`` spec."""
-    system = StageOneSystem(
-        model=model or plain(cfg.vae.model),
-        optim=plain(cfg.vae.optim),
-        data=plain(cfg.dataset),
-        label_dropout=cfg.vae.label_dropout,
-        autoencoder=autoencoder,
-        activation_checkpointing=cfg.vae.activation_checkpointing,
-    )
+def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: nn.Module | None = None) -> StageOneSystem:
+    """The system of cfg.vae; in latent space, ``model`` (sized to the latents) around the frozen ``autoencoder``."""
+    kwargs = {
+        "model": model or plain(cfg.vae.model),
+        "optim": plain(cfg.vae.optim),
+        "data": plain(cfg.dataset),
+        "label_dropout": cfg.vae.label_dropout,
+        "activation_checkpointing": cfg.vae.activation_checkpointing,
+        "preview_temperature": plain(cfg.samples.temperature),
+    }
+    system = StageOneSystem(**kwargs) if autoencoder is None else StageOneSystem.with_autoencoder(autoencoder, **kwargs)
     return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    return build_shared_trainer(cfg, monitor="val/bpd", temperature=cfg.samples.temperature)
+    return build_shared_trainer(cfg, monitor="val/bpd")
 
 
 def train(cfg: DictConfig) -> Path:
@@ -51,10 +53,8 @@ def train(cfg: DictConfig) -> Path:
     trainer = build_trainer(cfg)  # first: it resolves channels_last=auto
     if cfg.vae.space == "pixel":
         return fit(cfg, build_system(cfg), trainer, cfg.vae.batch_size)
-    model, spec, autoencoder, latents = prepare_latent_space(cfg, cfg.vae.batch_size, device=trainer.strategy.root_device)
-    system = build_system(cfg, model, spec)
-    system.autoencoder.load_state_dict(autoencoder.state_dict())  # the checkpoint carries the autoencoder's weights
-    return fit(cfg, system, trainer, cfg.vae.batch_size, datamodule=latents)
+    model, autoencoder, latents = prepare_latent_space(cfg, cfg.vae.batch_size, device=trainer.strategy.root_device)
+    return fit(cfg, build_system(cfg, model, autoencoder), trainer, cfg.vae.batch_size, datamodule=latents)
 
 
 @hydra.main(config_path="configs", config_name="train_ae", version_base="1.3")

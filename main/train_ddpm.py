@@ -19,7 +19,6 @@ import torch
 from omegaconf import DictConfig
 
 from main.models.diffusion.unet import unet_kwargs
-from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import StageTwoSystem
 from main.training import build_trainer, fit, train_and_report
 from main.utils.config import plain, print_config_tree
@@ -48,45 +47,27 @@ def refiner_unet_kwargs(cfg: DictConfig, vae_classes: int = 0) -> dict:
 
 
 def build_system(cfg: DictConfig) -> StageTwoSystem:
-    """The refiner with the frozen stage one's EMA weights copied in (checked to fit the data set)."""
-    data, ddpm = plain(cfg.dataset), plain(cfg.ddpm)
-    stage_one, vae_state, vae_classes = None, None, 0
-    if cfg.stage_one is not None:
-        vae_system, checkpoint = load_stage_one(cfg.stage_one)
-        vae = vae_system.image_model  # in latent space: the VAE inside its autoencoder, both copied into the refiner
-        if (vae.channels, vae.image_size) != (data["channels"], data["image_size"]):
-            raise UserError(
-                f"stage one '{cfg.stage_one}' models {vae.channels}x{vae.image_size}x{vae.image_size} images but data set "
-                f"'{data['name']}' has {data['channels']}x{data['image_size']}x{data['image_size']}: "
-                "use the data set stage one was trained on"
-            )
-        model = checkpoint["hyper_parameters"]["model"]
-        stage_one = {
-            "checkpoint": str(Path(cfg.stage_one).resolve()),
-            "model": model,
-            "data": checkpoint["hyper_parameters"]["data"],
-            "global_step": checkpoint.get("global_step"),
-            "autoencoder": checkpoint["hyper_parameters"].get("autoencoder"),
-        }
-        vae_state, vae_classes = vae.state_dict(), model.get("num_classes", 0)
-    system = StageTwoSystem(
-        unet=refiner_unet_kwargs(cfg, vae_classes),
-        diffusion=ddpm["diffusion"],
-        conditioning=ddpm["conditioning"],
-        optim=ddpm["optim"],
-        data=data,
-        stage_one=stage_one,
-        activation_checkpointing=ddpm["activation_checkpointing"],
-    )
-    if vae_state is not None:
-        system.stage_one.load_state_dict(vae_state)
+    """The refiner of cfg.stage_one (its frozen EMA weights copied in), or the unconditional baseline without one."""
+    ddpm = plain(cfg.ddpm)
+    kwargs = {
+        "diffusion": ddpm["diffusion"],
+        "conditioning": ddpm["conditioning"],
+        "optim": ddpm["optim"],
+        "data": plain(cfg.dataset),
+        "activation_checkpointing": ddpm["activation_checkpointing"],
+        "preview_sampler": plain(cfg.samples.sampler),
+    }
+    if cfg.stage_one is None:
+        system = StageTwoSystem(unet=refiner_unet_kwargs(cfg), **kwargs)
+    else:
+        system = StageTwoSystem.with_stage_one(cfg.stage_one, unet=lambda vae_classes: refiner_unet_kwargs(cfg, vae_classes), **kwargs)
     return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
 
 
 def train(cfg: DictConfig) -> Path:
     """Fit the refiner; returns the path of the last checkpoint."""
     pl.seed_everything(cfg.seed, workers=True)
-    trainer = build_trainer(cfg, monitor="val/loss", sampler=plain(cfg.samples.sampler))
+    trainer = build_trainer(cfg, monitor="val/loss")
     return fit(cfg, build_system(cfg), trainer, cfg.ddpm.batch_size)
 
 

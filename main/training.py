@@ -122,13 +122,12 @@ class RunCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
 
-def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
-    """Trainer from cfg.trainer, writing last.ckpt at every validation and best.ckpt when ``monitor`` improves;
-    sample_kwargs go to the grid and FID.
+def build_trainer(cfg: DictConfig, monitor: str) -> pl.Trainer:
+    """Trainer from cfg.trainer, writing last.ckpt at every validation and best.ckpt when ``monitor`` improves.
 
-    cfg.fid (off by default) adds FID/KID of EMA samples; cfg.plots.training_curves plots the CSV log at the end, so a CSV
-    log is kept beside TensorBoard or wandb. `auto` in trainer.precision and channels_last is resolved here, in cfg
-    (main/utils/hardware.py): build the system after the Trainer.
+    The grid and cfg.fid (off by default: FID/KID of EMA samples) draw with the preview settings the system carries;
+    cfg.plots.training_curves plots the CSV log at the end, so a CSV log is kept beside TensorBoard or wandb. `auto` in
+    trainer.precision and channels_last is resolved here, in cfg (main/utils/hardware.py): build the system after the Trainer.
     """
     resolve_auto(cfg)
     check_trainer_settings(plain(cfg.trainer))
@@ -138,12 +137,12 @@ def build_trainer(cfg: DictConfig, monitor: str, **sample_kwargs) -> pl.Trainer:
     callbacks = [
         RunCheckpoint(run_dir / "checkpoints", "best", monitor),
         RunCheckpoint(run_dir / "checkpoints", "last"),
-        SampleGrid(run_dir / "samples", cfg.samples.every_n_steps, cfg.samples.n, cfg.seed, **sample_kwargs),
+        SampleGrid(run_dir / "samples", cfg.samples.every_n_steps, cfg.samples.n, cfg.seed),
         TrainTimer(),
     ]
     fid = plain(cfg.fid)
     if fid["every_n_steps"] or fid["every_n_epochs"]:
-        callbacks.append(FIDMetrics(plain(cfg.dataset), seed=cfg.seed, **fid, **sample_kwargs))
+        callbacks.append(FIDMetrics(plain(cfg.dataset), seed=cfg.seed, **fid))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(StepProgressBar())
     loggers = [instantiate(cfg.logger)]

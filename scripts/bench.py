@@ -1,6 +1,6 @@
 """Speed, memory and time-to-quality benchmarks, printed as JSON.
 
-`bash scripts/bench.sh stage1|stage2|latent|memory|precision|time_to_quality [--quick]`.
+`bash scripts/bench.sh stage1|stage2|latent|memory|presets|precision|time_to_quality [--quick]`.
 
 Each preset is measured in its own process (so peak memory is its own), with the load average
 before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
@@ -33,6 +33,16 @@ statistics, so the resident set's high-water mark stands in (VmHWM, reset when t
 (peak_step_rss_default_malloc_mb: what the process really held) overstates the tensors in use; one more, untimed
 step runs with every allocation of 64 KiB or more mapped on its own and unmapped when freed, and its mark is the
 peak of the live tensors (peak_step_mb), the figure comparable to a GPU's. --quick measures the CPU presets only.
+
+presets (which GPU each preset fits): every VAE and refiner preset's fp32 training step at its own batch size, plain and
+with activation_checkpointing, estimated without arithmetic (scripts/memory_estimate.py): the system is built on the
+meta device and one forward of the training loss and its backward run on shapes alone, every tensor an operation
+creates counted until freed. Reported: the trained weights, their gradients and Adam's two moments, the EMA copy, other
+weights (a refiner's stage one, a latent VAE's autoencoder), the activations saved for backward, the forward/backward
+peak and the step's total, and whether it fits a 16, 24, 40 and 80 GB card with 10% and 1 GB to spare (CUDA context,
+cuDNN workspaces, fragmentation). A refiner runs over the VAE preset of its name (at 128 px, where none fits: no stage
+one, unconditional). The check:<config> entries run the memory suite's measurement of a CPU preset at batch 16 and the
+estimate of the same step, and report estimate / measured. --quick: vae=cifar10_cpu, vae=ffhq256 and the checks.
 
 precision (what trainer.precision=auto and channels_last=auto choose from, main/utils/hardware.py): for vae=cifar10_cpu
 and ddpm=cifar10_cpu (over a cifar10_cpu stage one with random weights), batch 16, a real training step in fp32,
@@ -83,12 +93,13 @@ def compose_preset(preset: str, dataset: str = "cifar10", overrides: tuple[str, 
         return compose("train_ae", overrides=[f"dataset={dataset}", f"vae={preset}", "run_dir=/tmp/unused", "name=bench", *overrides])
 
 
-def compose_ddpm(preset: str, overrides: tuple[str, ...] = ()):
+def compose_ddpm(preset: str, overrides: tuple[str, ...] = (), dataset: str = "cifar10"):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "main" / "configs"), version_base="1.3"):
         return compose(
-            "train_ddpm", overrides=["dataset=cifar10", f"ddpm={preset}", "run_dir=/tmp/unused", "name=bench", "stage_one=null", *overrides]
+            "train_ddpm",
+            overrides=[f"dataset={dataset}", f"ddpm={preset}", "run_dir=/tmp/unused", "name=bench", "stage_one=null", *overrides],
         )
 
 
@@ -239,25 +250,32 @@ def two_stage_system(unet_preset: str):
     """A refiner of the `unet_preset` UNet over the cifar10_cpu VAE (random weights: speed does not depend on them)."""
     from main.models.diffusion.unet import unet_kwargs
 
-    return refiner_system(compose_ddpm("cifar10"), unet_kwargs(unet_preset, "form1")).eval()
+    return refiner_system(compose_ddpm("cifar10"), unet_kwargs(unet_preset, "form1"), cpu_vae()).eval()
 
 
-def refiner_system(ddpm_cfg, unet: dict):
-    """A refiner with `unet` and ddpm_cfg's diffusion and training settings over the cifar10_cpu VAE with random weights."""
+def refiner_system(ddpm_cfg, unet: dict, vae: dict | None):
+    """A refiner with `unet` and ddpm_cfg's data set, diffusion and training settings over a VAE of kwargs ``vae`` with
+    random weights (None: no stage one)."""
     from main.systems.stage_two import StageTwoSystem
     from main.utils.config import plain
 
-    cfg = compose_preset("cifar10_cpu")
-    ddpm = plain(ddpm_cfg.ddpm)
+    ddpm, data = plain(ddpm_cfg.ddpm), plain(ddpm_cfg.dataset)
     return StageTwoSystem(
         unet=unet,
         diffusion=ddpm["diffusion"],
         conditioning=ddpm["conditioning"],
         optim=ddpm["optim"],
-        data=plain(cfg.dataset),
-        stage_one={"checkpoint": None, "model": plain(cfg.vae.model), "data": plain(cfg.dataset), "global_step": 0},
+        data=data,
+        stage_one=vae and {"checkpoint": None, "model": vae, "data": data, "global_step": 0},
         activation_checkpointing=ddpm["activation_checkpointing"],
     )
+
+
+def cpu_vae() -> dict:
+    """The cifar10_cpu VAE's kwargs: the stage one under the speed and memory suites' refiners."""
+    from main.utils.config import plain
+
+    return plain(compose_preset("cifar10_cpu").vae.model)
 
 
 def end_to_end(name: str, batch: int, quick: bool, per_step_s: float) -> dict:
@@ -417,7 +435,6 @@ class PeakMemory(pl.Callback):
         if self.device.type == "cuda" or batch_idx != self.last:
             return
         self.rss_peak = self.above_baseline()
-        pl_module.optimizers().zero_grad(set_to_none=True)  # the step's first action, moved before the trim
         self.libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
         self.libc.malloc_trim(0)
         self.reset_high_water_mark()
@@ -448,7 +465,7 @@ def training_system(model: str, overrides: tuple[str, ...] = ()) -> tuple[pl.Lig
     if group == "vae":
         return build_system(compose_preset(preset, overrides=overrides)), "vae"
     cfg = compose_ddpm(preset, overrides=overrides)
-    return refiner_system(cfg, refiner_unet_kwargs(cfg)), "unet"
+    return refiner_system(cfg, refiner_unet_kwargs(cfg), cpu_vae()), "unet"
 
 
 def measure_memory(name: str, quick: bool) -> dict:
@@ -642,6 +659,84 @@ def time_to_quality_summary(results: dict) -> dict:
     return summary
 
 
+# presets: every published preset's training step at its own batch size, estimated on the meta device
+# (scripts/memory_estimate.py). folder and npz are the cifar10_cpu presets; the small latent presets need a trained autoencoder.
+PRESET_SKIP = {"folder", "npz", "cifar10_latent_cpu", "digits_latent"}
+PRESET_MODELS = [
+    f"{group}={path.stem}" for group in ("vae", "ddpm") for path in sorted((ROOT / "main" / "configs" / group).glob("*.yaml"))
+    if path.stem not in PRESET_SKIP
+]  # fmt: skip
+PRESET_DATASETS = {"cifar10_cpu": "cifar10", "celebahq128": "celebahq256", "ffhq128": "ffhq256"}  # where the names differ
+RESIZED = {"celebahq128": 128, "ffhq128": 128}  # refiners of a resized data set, which no VAE preset models: no stage one
+CARDS_GB = (16, 24, 40, 80)
+CARD_RESERVE_GB, CARD_OVERHEAD = 1.0, 1.1  # the CUDA context and cuDNN's workspaces; the caching allocator's fragmentation
+
+
+def preset_step(model: str, checkpointed: bool, batch: int | None = None, vae: dict | None = None):
+    """(system, trained module, batch, loss closure) of "<group>=<preset>" on the meta device, at the preset's batch size
+    unless ``batch`` is given. A refiner runs over the VAE of kwargs ``vae``, else the VAE preset of the same name (random
+    weights; at 128 px, where no VAE preset fits, unconditional); a latent VAE models Stable Diffusion's KL-f8 latents,
+    that autoencoder held frozen."""
+    import torch
+
+    from main.train_ae import build_system
+    from main.train_ddpm import refiner_unet_kwargs
+    from main.utils.config import plain
+
+    group, preset = model.split("=")
+    latent = preset.endswith("_latent")
+    dataset = PRESET_DATASETS.get(preset, preset.removesuffix("_latent"))
+    overrides = [f"{group}.activation_checkpointing={str(checkpointed).lower()}"]
+    with torch.device("meta"):
+        if group == "vae":
+            cfg = compose_preset(preset, dataset, tuple(overrides))
+            spec = {"kind": "diffusers", "config": SD_KL_F8} if latent else None
+            model_kwargs = {**plain(cfg.vae.model), "image_size": cfg.dataset.image_size // 8, "channels": 4, "likelihood": "gaussian"}
+            system = build_system(cfg, model_kwargs if latent else None, spec)
+            trained, batch = system.vae, batch or cfg.vae.batch_size
+            shape = (system.vae.channels, system.vae.image_size, system.vae.image_size)
+            x = torch.randn(batch, *shape) if latent else torch.randint(0, 256, (batch, *shape), dtype=torch.uint8)
+        else:
+            if preset in RESIZED:
+                overrides += [f"dataset.image_size={RESIZED[preset]}", "ddpm.diffusion.formulation=unconditional"]
+            cfg = compose_ddpm(preset, tuple(overrides), dataset)
+            stage_one = None if preset in RESIZED else vae or plain(compose_preset(preset, dataset).vae.model)
+            system = refiner_system(cfg, refiner_unet_kwargs(cfg), stage_one)
+            trained, batch = system.unet, batch or cfg.ddpm.batch_size
+            x = torch.randint(0, 256, (batch, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size), dtype=torch.uint8)
+        labels = torch.zeros(batch, dtype=torch.long)
+    system.train()
+    if group == "vae":
+        return system, trained, batch, lambda: system.vae(x, labels).loss.mean()
+    return system, trained, batch, lambda: system.loss(system.unet, x, labels).mean()
+
+
+def card_fit(total_mb: float) -> dict[str, bool]:
+    """Whether a step of ``total_mb`` fits each card, with CARD_OVERHEAD and CARD_RESERVE_GB to spare."""
+    need_gb = total_mb * CARD_OVERHEAD / 1024 + CARD_RESERVE_GB
+    return {f"{card}GB": need_gb <= card for card in CARDS_GB}
+
+
+def measure_preset(name: str, quick: bool) -> dict:
+    """One "<group>=<preset>", estimated at its batch size plain and checkpointed; or "check:<memory suite config>": the
+    memory suite's measurement (batch 16), then the estimate of the same step and estimate / measured."""
+    from scripts.memory_estimate import step_memory
+
+    if name.startswith("check:"):
+        measured = measure_memory(name.removeprefix("check:"), quick)
+        system, trained, _, loss = preset_step(measured["model"], measured["activation_checkpointing"], measured["batch"], cpu_vae())
+        estimate = step_memory(system, trained, loss)
+        ratio = estimate["peak_above_weights_mb"] / measured["peak_step_mb"]
+        return {"measured": measured, "estimate": estimate, "estimate_over_measured": ratio}
+    result: dict = {"model": name}
+    for mode in ("plain", "checkpointed"):
+        system, trained, batch, loss = preset_step(name, mode == "checkpointed")
+        result[mode] = {**step_memory(system, trained, loss), "batch": batch}
+        result[mode]["fits"] = card_fit(result[mode]["total_mb"])
+    result["n_params"] = sum(p.numel() for p in trained.parameters())
+    return result
+
+
 SUITES = {
     "stage1": (list(PRESETS), measure_stage1),
     "stage2": (UNET_PRESETS, measure_stage2),
@@ -651,6 +746,9 @@ SUITES = {
     "time_to_quality": (list(QUALITY_RUNS), measure_time_to_quality),
 }
 QUICK = {"memory": [c for c in MEMORY_CONFIGS if c.split(":")[0].endswith("_cpu")]}  # other suites: their first (small) preset
+PRESET_CHECKS = [f"check:{config}" for config in QUICK["memory"]]
+SUITES["presets"] = (PRESET_MODELS + PRESET_CHECKS, measure_preset)
+QUICK["presets"] = ["vae=cifar10_cpu", "vae=ffhq256", *PRESET_CHECKS]
 
 
 def cpu_model() -> str:

@@ -1,4 +1,4 @@
-"""At the end of training, plot the run's curves (main/plots.py) to run_dir/plots/training_curves.png and the image loggers.
+"""At the end of training, plot the run's curves (main/evaluation/plots.py) to run_dir/plots/training_curves.png and the image loggers.
 
 The plot reads the run's CSV log: every version under it, so a resumed run shows its whole history (build_trainer keeps a
 CSV log beside TensorBoard or wandb for this).
@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torchvision.io import ImageReadMode, read_image
 
 from main.callbacks import log_image
-from main.plots import plot_training_curves
+from main.evaluation.plots import plot_training_curves
 from main.utils.errors import UserError
 
 

@@ -1,6 +1,6 @@
-"""Optional FID/KID of EMA samples during training, against a reference (main/fid.py's Scorer), logged like every other metric.
+"""Optional FID/KID of EMA samples during training, against a reference (main/evaluation/fid.py's Scorer), logged like every other metric.
 
-Cost per evaluation: generating ``n_samples`` (stage two: with the grid's sampler) plus Inception at 299x299 on each of
+Cost per evaluation: generating ``n_samples`` (`ImageSampler`, with the system's preview settings) plus Inception at 299x299 on each of
 them, measured 0.37 s per image plus 12 s fixed on one busy CPU thread (milliseconds per image on a GPU); the reference's
 features are computed at the first evaluation and then read from the cache. The samples come from the same seeds every
 time, so successive values compare weights, not noise, and the training's own random stream is untouched (tested: the
@@ -18,18 +18,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from main.evaluation import batch_generator, in_batches
-from main.fid import DEFAULT_CACHE, Scorer, load_reference, parse_metrics
-from main.systems.stage_two import StageTwoSystem
+from main.callbacks import ImageSampler
+from main.evaluation.common import batch_generator, in_batches
+from main.evaluation.fid import DEFAULT_CACHE, Scorer, load_reference, parse_metrics
 from main.utils.errors import UserError
-from main.utils.image_io import to_uint8
-
-
-def fid_samples(pl_module: pl.LightningModule, n: int, generator: torch.Generator, **sample_kwargs) -> torch.Tensor:
-    """n uint8 EMA samples [n, C, H, W]: stage two's refined images only (its grid interleaves them with stage-one rows)."""
-    if isinstance(pl_module, StageTwoSystem):
-        return to_uint8(pl_module.generate(n, sample_kwargs["sampler"], generator=generator)[1])
-    return pl_module.sample_grid_images(n, generator, **sample_kwargs)[0]
 
 
 class FIDMetrics(pl.Callback):
@@ -45,13 +37,12 @@ class FIDMetrics(pl.Callback):
         metrics: list[str] | str = ("fid", "kid"),
         cache: str | None = None,
         seed: int = 0,
-        **sample_kwargs,
     ):
-        """dataset: the run's data set config (reference None = its val split); sample_kwargs go to the system's sampling."""
+        """dataset: the run's data set config (reference None = its val split)."""
         if n_samples < 2 or batch_size < 1:
             raise UserError(f"fid.n_samples={n_samples}, fid.batch_size={batch_size}: FID needs at least 2 samples, batches of 1 or more")
         self.dataset, self.every_n_steps, self.every_n_epochs = dataset, every_n_steps, every_n_epochs
-        self.n_samples, self.batch_size, self.seed, self.sample_kwargs = n_samples, batch_size, seed, sample_kwargs
+        self.n_samples, self.batch_size, self.seed = n_samples, batch_size, seed
         self.reference = reference or f"{dataset['name']}-val"
         self.weights, self.metrics, self.cache = weights, parse_metrics(metrics, "fid.metrics"), cache or DEFAULT_CACHE
         self.scorer: Scorer | None = None
@@ -100,14 +91,14 @@ class FIDMetrics(pl.Callback):
             logger.log_metrics(metrics, step=step)
 
     @torch.no_grad()
-    def _score(self, pl_module: pl.LightningModule, step: int) -> dict[str, float]:
+    def _score(self, pl_module: ImageSampler | pl.LightningModule, step: int) -> dict[str, float]:
         start = time.perf_counter()
         was_training = pl_module.training
         pl_module.eval()
         device = pl_module.device
         images = torch.cat(
             [
-                fid_samples(pl_module, count, batch_generator(self.seed, first, device), **self.sample_kwargs).cpu()
+                pl_module.sample_images(count, batch_generator(self.seed, first, device)).cpu()
                 for first, count in in_batches(self.n_samples, self.batch_size)
             ]
         )

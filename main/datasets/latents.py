@@ -30,9 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from main.datasets.common import SPLITS, MirrorPairs
 from main.datasets.config import DatasetConfig
 from main.datasets.datamodule import ImageDataModule
-from main.models.autoencoder import autoencoder_spec
+from main.models.autoencoder import autoencoder_spec, encode_images
 from main.utils.errors import UserError
-from main.utils.image_io import to_unit_range
 from main.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -95,12 +94,6 @@ def cache_key(config: DatasetConfig, autoencoder: nn.Module, cache_root: Path) -
 
 def canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-@torch.no_grad()
-def encode_images(autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> the posterior means of their latents (the cached representation)."""
-    return autoencoder.encode(to_unit_range(images))[0]
 
 
 class CachedLatents(Dataset):

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from main.datasets.latents import encode_images
-from main.models.autoencoder import build_autoencoder
+from main.models.autoencoder import build_autoencoder, encode_images
 from main.models.vdvae import ELBO, HierarchicalVAE
 from main.models.vdvae.vae import check_image_shape
 from main.utils.image_io import to_uint8

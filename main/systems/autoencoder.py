@@ -48,7 +48,7 @@ class AutoencoderSystem(ResumableSystem):
         self._step("test", batch)
 
     @torch.no_grad()
-    def sample_grid_images(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    def preview_grid(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """(uint8 images, images per row): rows of validation images, each above its reconstruction."""
         val = self.trainer.datamodule.split("val")
         per_row = min(8, n)

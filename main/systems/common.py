@@ -138,7 +138,6 @@ class GuardedSystem(ResumableSystem):
         batch; they travel in the same all-reduce as the verdict, so that every rank skips the same updates.
         """
         optimizer = self.optimizers()
-        optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grad_norm = self._clip_gradients(module.parameters())
         healthy = torch.isfinite(loss) & torch.isfinite(grad_norm) & (grad_norm < self.hparams.optim.get("skip_threshold", math.inf))
@@ -151,6 +150,7 @@ class GuardedSystem(ResumableSystem):
             self.consecutive_skips.zero_()
         else:
             self._skip_update(grad_norm)
+        optimizer.zero_grad(set_to_none=True)  # freed now, not beside the next forward pass's activations
         self.log_dict(dict(zip(metrics, reduced[:-1])), on_step=True, prog_bar=True)
         self.log_dict(
             {

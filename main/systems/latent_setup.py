@@ -11,7 +11,7 @@ from torch import nn
 
 from main.datasets import build_datamodule
 from main.datasets.latents import LatentCache, LatentDataModule
-from main.models.autoencoder import DiffusersAutoencoder, autoencoder_spec
+from main.models.autoencoder import DiffusersAutoencoder
 from main.systems.autoencoder import load_autoencoder
 from main.utils.config import plain
 from main.utils.errors import UserError
@@ -33,10 +33,8 @@ def load_autoencoder_source(source: str | None) -> nn.Module:
     return autoencoder.eval().requires_grad_(False)
 
 
-def prepare_latent_space(
-    cfg: DictConfig, batch_size: int, device: torch.device | str = "cpu"
-) -> tuple[dict, dict, nn.Module, LatentDataModule]:
-    """(VAE kwargs at latent resolution, autoencoder spec, autoencoder, data module of cached latents).
+def prepare_latent_space(cfg: DictConfig, batch_size: int, device: torch.device | str = "cpu") -> tuple[dict, nn.Module, LatentDataModule]:
+    """(VAE kwargs at latent resolution, autoencoder, data module of cached latents).
 
     Latents not cached yet are encoded on ``device``: the run's own (the Trainer's root device), not a guess.
     """
@@ -60,4 +58,4 @@ def prepare_latent_space(
         "pixel_std": scale,
     }
     datamodule = LatentDataModule(cache, data, batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
-    return model, autoencoder_spec(autoencoder), autoencoder, datamodule
+    return model, autoencoder, datamodule

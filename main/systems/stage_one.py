@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from main.datasets.latents import encode_images
-from main.models.autoencoder import build_autoencoder
+from main.models.autoencoder import autoencoder_spec, build_autoencoder, encode_images
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import ELBO, HierarchicalVAE
 from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update
@@ -36,11 +36,13 @@ class StageOneSystem(GuardedSystem):
         label_dropout: float = 0.0,
         autoencoder: dict | None = None,
         activation_checkpointing: bool = False,
+        preview_temperature: float | list[float] = 1.0,
     ):
         """model: HierarchicalVAE kwargs; optim: lr, betas, weight_decay, warmup_steps, grad_clip,
         skip_threshold, max_consecutive_skips, ema_rate; data: the data set config (kept for evaluation);
         autoencoder: in latent space, the spec of the frozen autoencoder whose latents the VAE models;
-        activation_checkpointing: recompute the VAE's block activations in the backward pass (a training setting)."""
+        activation_checkpointing: recompute the VAE's block activations in the backward pass (a training setting);
+        preview_temperature: the prior's temperature in the training-time grids and FID (samples.temperature)."""
         super().__init__()
         check_optim(optim, "vae.optim")
         self.save_hyperparameters()
@@ -48,6 +50,14 @@ class StageOneSystem(GuardedSystem):
         self.autoencoder = build_autoencoder(autoencoder).requires_grad_(False).eval() if autoencoder else None
         self.ema = AveragedModel(self.vae, multi_avg_fn=ema_update(optim["ema_rate"], optim.get("ema_warmup", True)), use_buffers=True)
         self.ema.requires_grad_(False)
+
+    @classmethod
+    def with_autoencoder(cls, autoencoder: nn.Module, **kwargs) -> StageOneSystem:
+        """A latent-space system modelling ``autoencoder``'s latents, with its weights copied in so that the checkpoint
+        carries them (resuming and evaluation rebuild it from there alone); kwargs: the rest of __init__'s."""
+        system = cls(autoencoder=autoencoder_spec(autoencoder), **kwargs)
+        system.autoencoder.load_state_dict(autoencoder.state_dict())
+        return system
 
     # ---- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -77,10 +87,10 @@ class StageOneSystem(GuardedSystem):
         elbo = self.vae(self._inputs(x), self._drop_labels(labels))
         self.update(elbo.loss.mean(), self.vae, elbo_metrics("train", elbo))
 
-    def sample_grid_images(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> tuple[torch.Tensor, int]:
-        """(uint8 EMA samples, images per row) for the training-time grid."""
+    def sample_images(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n uint8 EMA samples at the preview temperature, for the training-time grid and FID."""
         model = self.image_model
-        return model.to_uint8(model.sample(n, temperature=temperature, generator=generator)), int(n**0.5)
+        return model.to_uint8(model.sample(n, temperature=self.hparams.preview_temperature, generator=generator))
 
     # ---- evaluation (EMA weights) ------------------------------------------------------------------
     @property

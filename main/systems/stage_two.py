@@ -15,18 +15,20 @@ the EMA weights.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from main.models.diffusion import GaussianDiffusion, get_beta_schedule, respaced, sample_loop
+from main.models.diffusion import GaussianDiffusion, SamplerConfig, get_beta_schedule, sample_loop
 from main.models.diffusion.corruptions import check_augmentation, random_corruption
 from main.models.diffusion.guidance import ConditionedDenoiser, class_labels_for
 from main.models.diffusion.unet import UNet
 from main.models.latent_space import stage_one_model
 from main.systems.common import GuardedSystem, adamw_with_warmup, check_optim, ema_update
+from main.systems.stage_one import load_stage_one
 from main.utils.errors import UserError
 from main.utils.image_io import to_uint8, to_unit_range
 
@@ -48,15 +50,18 @@ class StageTwoSystem(GuardedSystem):
         data: dict,
         stage_one: dict | None = None,
         activation_checkpointing: bool = False,
+        preview_sampler: dict | None = None,
     ):
         """unet: UNet kwargs; diffusion: formulation, schedule, num_timesteps, prediction; conditioning: k, temperature,
         output, dropout; optim: lr, betas, weight_decay, warmup_steps, grad_clip, ema_rate, ema_warmup (and optionally
         skip_threshold, max_consecutive_skips); data: the data set config; stage_one: {checkpoint, model (VAE kwargs),
         data, global_step, autoencoder (latent space)}, None for the unconditional baseline; activation_checkpointing:
-        recompute the UNet's block activations in the backward pass (a training setting)."""
+        recompute the UNet's block activations in the backward pass (a training setting); preview_sampler: the sampler
+        settings of the training-time grids and FID (samples.sampler; None, as in older checkpoints: the defaults)."""
         super().__init__()
         check_optim(optim, "ddpm.optim")
         self.save_hyperparameters()
+        self.preview_sampler = SamplerConfig.from_dict(preview_sampler or {}, "samples.sampler")
         self.unet = UNet(**unet, activation_checkpointing=activation_checkpointing)
         self.ema = AveragedModel(self.unet, multi_avg_fn=ema_update(optim["ema_rate"], optim.get("ema_warmup", True)), use_buffers=True)
         self.ema.requires_grad_(False)
@@ -73,6 +78,31 @@ class StageTwoSystem(GuardedSystem):
             self.conditioning_k = self.stage_one.groups(conditioning["k"], "conditioning.k")
             check_augmentation(conditioning.get("corruption"))
         self.register_buffer("nonfinite_conditions", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def with_stage_one(cls, path: str | Path, data: dict, unet: Callable[[int], dict], **kwargs) -> StageTwoSystem:
+        """The refiner of the stage-one checkpoint at ``path``, with that stage one's EMA weights copied in so that the
+        refiner's own checkpoints carry them; refused when stage one models images of another shape than ``data``.
+        unet: the UNet kwargs for stage one's number of classes (0: not class-conditional); kwargs: the rest of __init__'s."""
+        vae_system, checkpoint = load_stage_one(path)
+        vae = vae_system.image_model  # in latent space: the VAE inside its autoencoder, both copied into the refiner
+        if (vae.channels, vae.image_size) != (data["channels"], data["image_size"]):
+            raise UserError(
+                f"stage one '{path}' models {vae.channels}x{vae.image_size}x{vae.image_size} images but data set "
+                f"'{data['name']}' has {data['channels']}x{data['image_size']}x{data['image_size']}: "
+                "use the data set stage one was trained on"
+            )
+        hparams = checkpoint["hyper_parameters"]
+        stage_one = {
+            "checkpoint": str(Path(path).resolve()),
+            "model": hparams["model"],
+            "data": hparams["data"],
+            "global_step": checkpoint.get("global_step"),
+            "autoencoder": hparams.get("autoencoder"),
+        }
+        system = cls(unet=unet(hparams["model"].get("num_classes", 0)), data=data, stage_one=stage_one, **kwargs)
+        system.stage_one.load_state_dict(vae.state_dict())
+        return system
 
     @staticmethod
     def upgrade_checkpoint(checkpoint: dict[str, Any]) -> None:
@@ -161,47 +191,44 @@ class StageTwoSystem(GuardedSystem):
 
     # ---- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def refine(self, y: torch.Tensor | None, sampler: dict, labels=None, n: int | None = None, noise=None, generator=None) -> torch.Tensor:
+    def refine(
+        self, y: torch.Tensor | None, sampler: SamplerConfig | Mapping, labels=None, n: int | None = None, noise=None, generator=None
+    ) -> torch.Tensor:
         """Run the reverse process (EMA weights) conditioned on stage-one images y [N, C, H, W] in [-1, 1].
 
-        sampler: name (ddpm | ddim | dpm_solver++), steps, spacing, eta, variance, temperature, start_step
-        (truncated chain, in sampling steps), guidance, clip_denoised. n: batch size when y is None.
+        sampler: a SamplerConfig, or a dict of its settings (main/configs/sampler/). n: batch size when y is None.
         Returns refined images in [-1, 1].
         """
+        sampler = SamplerConfig.from_dict(sampler)
         unet = self.ema.module
         n = len(y) if y is not None else n
-        steps = self.diffusion.num_timesteps if sampler.get("steps") is None else sampler["steps"]
-        diffusion = (
-            self.diffusion if steps == self.diffusion.num_timesteps else respaced(self.diffusion, steps, sampler.get("spacing", "uniform"))
-        )
-        denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, n, self.device), guidance=sampler.get("guidance", 0.0))
+        denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, n, self.device), guidance=sampler.guidance)
         x = sample_loop(
-            diffusion,
+            sampler.chain(self.diffusion),
             denoiser,
             (n, *self.image_shape),
             y,
-            sampler=sampler.get("name", "ddim"),
             noise=noise,
-            temperature=sampler.get("temperature", 1.0),
             generator=generator,
-            start_step=sampler.get("start_step"),
             device=self.device,
             dtype=torch.float32,
-            eta=sampler.get("eta", 0.0),
-            variance=sampler.get("variance", "fixed_large"),
-            clip_denoised=sampler.get("clip_denoised", True),
+            **sampler.loop_kwargs(),
         )
         return x.clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def generate(self, n: int, sampler: dict, labels=None, stage_one_temperature=1.0, generator=None):
+    def generate(self, n: int, sampler: SamplerConfig | Mapping, labels=None, stage_one_temperature=1.0, generator=None):
         """Two-stage samples: (stage-one images, refined images), both in [-1, 1]; stage-one images are None without stage one."""
         y = self.stage_one_samples(n, labels, stage_one_temperature, generator) if self.stage_one is not None else None
         return y, self.refine(y, sampler, labels, n=n, generator=generator)
 
-    def sample_grid_images(self, n: int, generator: torch.Generator, sampler: dict) -> tuple[torch.Tensor, int]:
+    def sample_images(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n uint8 two-stage samples, refined, with the preview sampler (what FID scores during training)."""
+        return to_uint8(self.generate(n, self.preview_sampler, generator=generator)[1])
+
+    def preview_grid(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """(uint8 images, images per row) for the training-time grid: rows of stage-one samples, each above its refinements."""
-        y, x = self.generate(n, sampler, generator=generator)
+        y, x = self.generate(n, self.preview_sampler, generator=generator)
         if y is None:
             return to_uint8(x), int(n**0.5)
         return interleave_rows(to_uint8(y), to_uint8(x), per_row=min(8, n)), min(8, n)

@@ -12,9 +12,11 @@ import torch
 from helpers import ROOT, random_inception_weights, tiny_refiner_config, tiny_train_config
 from omegaconf import OmegaConf
 
-from main.callbacks.fid_metrics import FIDMetrics, fid_samples
+from main.callbacks.fid_metrics import FIDMetrics
 from main.datasets import build_datamodule
-from main.evaluation import batch_generator
+from main.evaluation.common import batch_generator
+from main.models.diffusion import SamplerConfig
+from main.train_ae import build_system as build_stage_one
 from main.train_ae import build_trainer, train
 from main.train_ddpm import build_system
 from main.utils.errors import UserError
@@ -113,12 +115,46 @@ def test_bad_settings_stop_the_run_before_the_first_step(tmp_path, weights, refe
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_stage_two_is_scored_on_its_refined_images_alone(tmp_path):
+class FakeSampler(torch.nn.Module):
+    """A module with only `sample_images`: what the callback needs of a system."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        super().__init__()
+        self.modes = []
+
+    def sample_images(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        self.modes.append(self.training)
+        return torch.randint(0, 256, (n, 1, 8, 8), generator=generator, dtype=torch.uint8)
+
+
+def test_any_image_sampler_is_scored_batch_by_batch_from_fixed_seeds():
+    callback = FIDMetrics({"name": "digits", "channels": 1}, n_samples=5, batch_size=2, seed=3)
+    scored = []
+    callback.scorer = lambda images, cuda: scored.append(images) or {"fid": 1.5, "name": "not logged"}
+    system = FakeSampler()
+    assert callback._score(system, step=1) == {"fid": 1.5}
+    expected = [FakeSampler().sample_images(count, batch_generator(3, first, "cpu")) for first, count in [(0, 2), (2, 2), (4, 1)]]
+    assert torch.equal(scored[0], torch.cat(expected))
+    assert system.modes == [False] * 3 and system.training  # drawn in eval mode, then restored
+
+
+def test_stage_one_samples_at_the_temperature_it_carries(tmp_path):
+    system = build_stage_one(tiny_train_config(tmp_path, "samples.temperature=0.5")).eval()
+    assert system.hparams.preview_temperature == 0.5
+    model = system.image_model
+    expected = model.to_uint8(model.sample(3, temperature=0.5, generator=batch_generator(0, 0, "cpu")))
+    assert torch.equal(system.sample_images(3, batch_generator(0, 0, "cpu")), expected)
+
+
+def test_stage_two_is_scored_on_its_refined_images_alone_with_the_sampler_it_carries(tmp_path):
     """Its sample grid interleaves stage-one rows with the refined ones; FID must see only the refined images."""
     stage_one = train(tiny_train_config(tmp_path / "vae", "trainer.max_steps=2", "trainer.val_check_interval=2"))
-    system = build_system(tiny_refiner_config(tmp_path / "ddpm", stage_one)).eval()
-    sampler = {"name": "ddim", "steps": 2}
-    images = fid_samples(system, 5, batch_generator(0, 0, "cpu"), sampler=sampler)
-    _, refined = system.generate(5, sampler, generator=batch_generator(0, 0, "cpu"))
+    system = build_system(tiny_refiner_config(tmp_path / "ddpm", stage_one, "samples.sampler.steps=2")).eval()
+    assert system.preview_sampler == SamplerConfig(steps=2) and system.hparams.preview_sampler["steps"] == 2  # a plain dict
+    images = system.sample_images(5, batch_generator(0, 0, "cpu"))
+    _, refined = system.generate(5, SamplerConfig(steps=2), generator=batch_generator(0, 0, "cpu"))
     assert images.dtype == torch.uint8 and torch.equal(images, to_uint8(refined))
-    assert len(system.sample_grid_images(5, batch_generator(0, 0, "cpu"), sampler)[0]) == 10
+    grid, per_row = system.preview_grid(5, batch_generator(0, 0, "cpu"))
+    assert len(grid) == 10 and per_row == 5 and torch.equal(grid[per_row:], images)

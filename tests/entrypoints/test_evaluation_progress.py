@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from main.evaluation import Shard, generate_to
+from main.evaluation.common import Shard, generate_to
 from main.utils.image_io import start_staging
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from helpers import compose_config, tiny_refiner_config, tiny_train_config, user_error
 
-from main import control, test_ae, test_ddpm
+from main import control
+from main.evaluation import stage_one, stage_two
 from main.train_ae import train as train_stage_one
 from main.train_ddpm import train as train_refiner
 
@@ -22,8 +23,8 @@ def checkpoints(tmp_path_factory):
 
 # entry point: (run it on a config, its config name, the checkpoint it takes, settings of a small run)
 ENTRY_POINTS = {
-    "test_ae": (test_ae.evaluate, "test_ae", "vae", ["tasks=[samples]", "samples.n=2", "device=cpu"]),
-    "test_ddpm": (test_ddpm.evaluate, "test_ddpm", "refiner", ["tasks=[samples]", "samples.n=2", "sampler.steps=2"]),
+    "test_ae": (stage_one.evaluate, "test_ae", "vae", ["tasks=[samples]", "samples.n=2", "device=cpu"]),
+    "test_ddpm": (stage_two.evaluate, "test_ddpm", "refiner", ["tasks=[samples]", "samples.n=2", "sampler.steps=2"]),
     "control": (control.run, "control", "refiner", ["task=variation", "n=1", "variation.n=2", "sampler.steps=2", "device=cpu"]),
 }
 

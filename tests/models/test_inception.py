@@ -12,7 +12,7 @@ from helpers import user_error
 from sklearn.datasets import load_digits
 from torchvision.transforms.functional import gaussian_blur
 
-from main.fid import RGBImages, Scorer
+from main.evaluation.fid import RGBImages, Scorer
 from main.models import inception
 
 

@@ -9,8 +9,7 @@ import torch
 from helpers import compose_config
 
 import main.systems.latent_setup as latent_setup
-from main.datasets.latents import encode_images
-from main.models.autoencoder import KLAutoencoder
+from main.models.autoencoder import KLAutoencoder, encode_images
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def prepare(cache, root, *overrides, device="cpu"):
         ["dataset=npz", f"dataset.root={root}", "dataset.image_size=8", "dataset.channels=1", "vae=digits_latent",
          f"vae.latent_cache={cache}", "num_workers=0", *overrides],
     )  # fmt: skip
-    return latent_setup.prepare_latent_space(cfg, 16, device=device)[3]
+    return latent_setup.prepare_latent_space(cfg, 16, device=device)[2]
 
 
 def stacked(dataset, indices=None) -> torch.Tensor:

@@ -10,13 +10,15 @@ import pytest
 import torch
 from helpers import QUIET_CPU_TRAINING, TINY_DIGITS, compose_config, tiny_refiner_config
 
+from main.evaluation.stage_one import evaluate
+from main.models.autoencoder import KLAutoencoder, autoencoder_spec
 from main.models.latent_space import LatentSpaceModel
-from main.systems.stage_one import load_stage_one
+from main.systems.stage_one import StageOneSystem, load_stage_one
 from main.systems.stage_two import load_stage_two
-from main.test_ae import evaluate
 from main.train_ae import train as train_stage_one
 from main.train_autoencoder import train as train_autoencoder
 from main.train_ddpm import train as train_refiner
+from main.utils.config import plain
 from main.utils.errors import UserError
 
 LATENT_DIGITS = [o for o in TINY_DIGITS if o != "vae=digits"] + ["vae=digits_latent"]
@@ -36,6 +38,20 @@ def stages(tmp_path_factory):
          "trainer.max_steps=120", "trainer.val_check_interval=40"],
     )  # fmt: skip
     return {"root": root, "autoencoder": autoencoder, "stage_one": train_stage_one(cfg)}
+
+
+def test_with_autoencoder_carries_the_frozen_autoencoders_weights():
+    autoencoder = KLAutoencoder(image_channels=1, latent_channels=4, base_channels=8, channel_mults=[1, 2])
+    with torch.no_grad():
+        for p in autoencoder.parameters():
+            p.add_(1.0)  # weights no fresh initialisation has
+    cfg = compose_config("train_ae", [*LATENT_DIGITS, "run_dir=/tmp/unused", "name=t"])
+    model = {**plain(cfg.vae.model), "image_size": 4, "channels": 4, "likelihood": "gaussian"}
+    system = StageOneSystem.with_autoencoder(autoencoder, model=model, optim=plain(cfg.vae.optim), data=plain(cfg.dataset))
+    assert system.hparams.autoencoder == autoencoder_spec(autoencoder)
+    copied = system.state_dict()
+    assert all(torch.equal(copied[f"autoencoder.{name}"], t) for name, t in autoencoder.state_dict().items())
+    assert not system.train().autoencoder.training and not any(p.requires_grad for p in system.autoencoder.parameters())
 
 
 def test_latent_vae_trains_on_cached_latents_and_its_loss_falls(stages):
@@ -66,8 +82,9 @@ def test_test_ae_evaluates_and_samples_a_latent_checkpoint(stages, tmp_path):
          "class_samples.guidance=[1.5,3.0]", "iw_bpd.samples=4", "iw_bpd.n_images=16", "reconstructions.n=4", "reconstructions.k=[0,all]"],
     )  # fmt: skip
     metrics = evaluate(cfg)["metrics"]
-    assert "test_latent_bpd" in metrics and "test_bpd" not in metrics  # a density per latent dimension, named so
-    assert metrics["test_latent_iw_bpd"] < metrics["test_latent_elbo_bpd"]
+    # A density per latent dimension, named so; class-conditional: with the labels and with the null label.
+    assert {"test_latent_bpd", "test_latent_bpd_given_label"} <= set(metrics) and "test_bpd" not in metrics
+    assert metrics["test_latent_iw_bpd_given_label"] < metrics["test_latent_elbo_bpd_given_label"]
     # Reconstructions from every posterior group are closer to the images than prior samples (k = 0).
     groups = load_stage_one(stages["stage_one"])[0].vae.num_groups
     assert metrics[f"recon_mse_k{groups}"] < metrics["recon_mse_k0"]

@@ -6,11 +6,13 @@ Both expose ``encode(x) -> (mean, logvar)``, ``decode(z)``, ``image_channels``, 
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from main.models.autoencoder.kl_autoencoder import KLAutoencoder
 from main.models.autoencoder.pretrained import DiffusersAutoencoder
 from main.utils.errors import UserError
+from main.utils.image_io import to_unit_range
 
 
 def autoencoder_spec(autoencoder: nn.Module) -> dict:
@@ -29,4 +31,10 @@ def build_autoencoder(spec: dict) -> nn.Module:
     return kinds[spec["kind"]](dict(spec["config"]))
 
 
-__all__ = ["DiffusersAutoencoder", "KLAutoencoder", "autoencoder_spec", "build_autoencoder"]
+@torch.no_grad()
+def encode_images(autoencoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> the posterior means of their latents (what a latent-space stage one models, and the latent cache holds)."""
+    return autoencoder.encode(to_unit_range(images))[0]
+
+
+__all__ = ["DiffusersAutoencoder", "KLAutoencoder", "autoencoder_spec", "build_autoencoder", "encode_images"]

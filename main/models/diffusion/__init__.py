@@ -2,7 +2,16 @@
 
 from main.models.diffusion.gaussian_diffusion import GaussianDiffusion
 from main.models.diffusion.respace import respace, respaced, space_timesteps
-from main.models.diffusion.samplers import sample_loop, sample_loop_progressive
+from main.models.diffusion.samplers import SamplerConfig, sample_loop, sample_loop_progressive
 from main.models.diffusion.schedules import get_beta_schedule
 
-__all__ = ["GaussianDiffusion", "get_beta_schedule", "respace", "respaced", "sample_loop", "sample_loop_progressive", "space_timesteps"]
+__all__ = [
+    "GaussianDiffusion",
+    "SamplerConfig",
+    "get_beta_schedule",
+    "respace",
+    "respaced",
+    "sample_loop",
+    "sample_loop_progressive",
+    "space_timesteps",
+]

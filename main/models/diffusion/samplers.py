@@ -12,18 +12,21 @@ state is shifted by y (see gaussian_diffusion); `sample_loop` removes the shift 
                 u_s = (sigma_s / sigma_t) u_t - alpha_s (e^{-h} - 1) D,  u = x - shift,
                 D = x0_t (first order: first step and final step to abar = 1), else
                 D = (1 + 1 / (2r)) x0_t - 1 / (2r) x0_prev with r = h_prev / h.
-Use a respaced diffusion (respace.py) to sample with fewer steps.
+Use a respaced diffusion (respace.py) to sample with fewer steps. `SamplerConfig` holds one sampler's settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from main.models.diffusion.gaussian_diffusion import GaussianDiffusion, extract, parse_enum
+from main.models.diffusion.respace import respaced
 from main.utils.errors import UserError
 
 
@@ -209,3 +212,52 @@ def sample_loop(diffusion: GaussianDiffusion, model, shape=None, y=None, **kwarg
     for out in sample_loop_progressive(diffusion, model, shape, y, **kwargs):
         last = out  # keep only the latest step: the trajectory can be long
     return last["sample"] - diffusion.shift(last["sample"], y)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """One sampler's settings: the keys of main/configs/sampler/*.yaml, which document them; the defaults are ddim.yaml's.
+
+    Each value is checked where it is used: name and variance by the loop, steps and spacing by respacing, start_step by
+    `initial_state`. Not registered as a Hydra schema of the sampler group: each yaml takes only its own keys (ddpm.yaml
+    has no eta), which one schema of every key would lose.
+    """
+
+    name: str = "ddim"  # ddpm | ddim | dpm_solver++
+    steps: int | None = 50  # None: the full chain
+    spacing: str = "uniform"
+    temperature: float = 1.0
+    start_step: int | None = None
+    guidance: float = 0.0
+    clip_denoised: bool = True
+    eta: float = 0.0  # ddim
+    variance: str = "fixed_large"  # ddpm
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any] | SamplerConfig, key: str = "sampler") -> SamplerConfig:
+        """The config of a dict of settings (a DictConfig, a checkpoint's plain dict; missing ones take the defaults), refusing
+        a key it does not know in one line; ``key`` names the settings in that message. A SamplerConfig is returned as is."""
+        if isinstance(settings, cls):
+            return settings
+        names = [field.name for field in dataclasses.fields(cls)]
+        unknown = [f"{key}.{name}" for name in settings if name not in names]
+        if unknown:
+            verb = "is not a sampler setting" if len(unknown) == 1 else "are not sampler settings"
+            raise UserError(f"{', '.join(unknown)} {verb}: use one of {', '.join(names)}")
+        return cls(**settings)
+
+    def chain(self, diffusion: GaussianDiffusion) -> GaussianDiffusion:
+        """The diffusion to run: ``diffusion`` itself, or respaced to ``steps`` of it."""
+        steps = diffusion.num_timesteps if self.steps is None else self.steps
+        return diffusion if steps == diffusion.num_timesteps else respaced(diffusion, steps, self.spacing)
+
+    def loop_kwargs(self) -> dict[str, Any]:
+        """The settings `sample_loop` takes (steps, spacing and guidance act on the chain and the denoiser)."""
+        return {
+            "sampler": self.name,
+            "temperature": self.temperature,
+            "start_step": self.start_step,
+            "eta": self.eta,
+            "variance": self.variance,
+            "clip_denoised": self.clip_denoised,
+        }

@@ -21,7 +21,7 @@ class GroupChoice:
     """How one latent group is drawn: from the posterior (needs encoder activations) or the prior."""
 
     use_posterior: bool
-    temperature: float = 1.0
+    temperature: float = 1.0  # scales the std of whichever distribution the group is drawn from (0: its mean)
     noise: torch.Tensor | None = None  # fixed eps for this group (figures, interpolation)
     latent: torch.Tensor | None = None  # fixed z for this group (editing latents); overrides drawing
 

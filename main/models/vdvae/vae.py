@@ -242,10 +242,13 @@ class HierarchicalVAE(nn.Module):
         generator: torch.Generator | None = None,
         output: str = "sample",
     ) -> torch.Tensor:
-        """Images in [-1, 1] with the first k groups (see `groups`; None: all) from the posterior of x, the rest from the prior."""
+        """Images in [-1, 1] with the first k groups (see `groups`; None: all) drawn from the posterior of x, the rest from
+        the prior at ``temperature`` (one value, or one per group of which the first k are unused). Temperature is the
+        prior's, as in `sample`: posterior draws are always true samples (temperature 1)."""
         k = self.num_groups if k is None else self.groups(k)
         activations = self.encoder(self._encoder_input(x)) if k else None
-        features, _, _ = self.decoder(self._choices(k, temperature), x.shape[0], activations, labels, generator)
+        prior = _per_group(temperature, self.num_groups, "temperature")[k:]
+        features, _, _ = self.decoder(self._choices(k, [1.0] * k + prior), x.shape[0], activations, labels, generator)
         return self.render(features, output, generator)
 
     def render(self, features: torch.Tensor, output: str, generator: torch.Generator | None = None) -> torch.Tensor:

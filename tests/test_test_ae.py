@@ -12,8 +12,9 @@ import torch
 from helpers import compose_config, tiny_train_config
 from PIL import Image
 
+from main.datasets import build_datamodule
+from main.evaluation.stage_one import evaluate
 from main.systems.stage_one import load_stage_one
-from main.test_ae import evaluate
 from main.train_ae import train
 from main.utils.errors import UserError
 
@@ -77,15 +78,53 @@ def test_iw_bpd_reports_both_bounds_on_the_same_images_with_standard_errors(chec
     out = tmp_path / "eval"
     metrics = evaluate(eval_config(checkpoint, out, "tasks=[bpd,iw_bpd]", "iw_bpd.samples=16", "iw_bpd.n_images=40"))["metrics"]
     assert metrics["iw_images"] == 40 and metrics["iw_samples"] == 16
-    assert metrics["test_iw_bpd"] < metrics["test_elbo_bpd"]  # 16 samples tighten the bound
-    assert metrics["test_iw_gain_bpd"] == pytest.approx(metrics["test_elbo_bpd"] - metrics["test_iw_bpd"])
-    assert 0 < metrics["test_iw_gain_bpd_se"] < metrics["test_elbo_bpd_se"]
-    assert 0 < metrics["test_iw_bpd_se"] < 1 and 0 < metrics["test_elbo_bpd_se"] < 1
+    # The model is class-conditional and scored with the labels: bounds on -log p(x|c), named so.
+    elbo, iw, gain = (metrics[f"test_{key}_given_label"] for key in ("elbo_bpd", "iw_bpd", "iw_gain_bpd"))
+    assert iw < elbo  # 16 samples tighten the bound
+    assert gain == pytest.approx(elbo - iw)
+    assert 0 < metrics["test_iw_gain_bpd_given_label_se"] < metrics["test_elbo_bpd_given_label_se"]
+    assert 0 < metrics["test_iw_bpd_given_label_se"] < 1 and 0 < metrics["test_elbo_bpd_given_label_se"] < 1
+    assert not {"test_elbo_bpd", "test_iw_bpd"} & set(metrics)
     # The ELBO on 40 images is within a few standard errors of the whole test set's.
-    assert abs(metrics["test_elbo_bpd"] - metrics["test_bpd"]) < 6 * metrics["test_elbo_bpd_se"] + 0.05
+    assert abs(elbo - metrics["test_bpd_given_label"]) < 6 * metrics["test_elbo_bpd_given_label_se"] + 0.05
     kl = metrics["kl_per_group_bpd"]
     assert len(kl) == load_stage_one(checkpoint)[0].vae.num_groups and min(kl) >= 0
     assert Image.open(out / "plots" / "kl_per_group.png").size[0] > 100
+
+
+def manual_bpd(checkpoint, seed: int, null_labels: bool) -> float:
+    """The test split's mean bits/dim scored by hand, batch by batch as evaluate does, with the labels or the null label."""
+    system, saved = load_stage_one(checkpoint)
+    data = build_datamodule(saved["hyper_parameters"]["data"], batch_size=16, num_workers=0, seed=seed)
+    data.setup("test")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        bpd = [system.eval().ema_vae(x, torch.full_like(y, -1) if null_labels else y).bits_per_dim for x, y in data.test_dataloader()]
+    return float(torch.cat(bpd).double().mean())
+
+
+def test_a_class_conditional_model_reports_its_bound_given_the_label_and_without(checkpoint, tmp_path):
+    """-log p(x|c) with each image's label is test_bpd_given_label; test_bpd is -log p(x), scored with the null label."""
+    metrics = evaluate(eval_config(checkpoint, tmp_path / "eval", "tasks=[bpd]", "seed=3"))["metrics"]
+    assert metrics["test_bpd_given_label"] == pytest.approx(manual_bpd(checkpoint, 3, null_labels=False), rel=1e-5)
+    assert metrics["test_bpd"] == pytest.approx(manual_bpd(checkpoint, 3, null_labels=True), rel=1e-5)
+    assert abs(metrics["test_bpd"] - metrics["test_bpd_given_label"]) > 1e-4
+    assert {"test_rate", "test_rate_given_label", "test_distortion", "test_distortion_given_label"} <= set(metrics)
+
+
+def test_a_class_conditional_model_never_trained_without_labels_reports_only_the_bound_given_the_label(checkpoint, tmp_path):
+    """label_dropout=0: the null label was never trained, so its number would not be the model's -log p(x)."""
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["hyper_parameters"]["label_dropout"] = 0.0
+    torch.save(saved, tmp_path / "no_dropout.ckpt")
+    metrics = evaluate(eval_config(tmp_path / "no_dropout.ckpt", tmp_path / "eval", "tasks=[bpd]"))["metrics"]
+    assert 0 < metrics["test_bpd_given_label"] < 16 and "test_bpd" not in metrics
+
+
+def test_an_unconditional_model_reports_test_bpd_only(tmp_path):
+    run = train(tiny_train_config(tmp_path / "run", "vae.model.num_classes=0", "trainer.max_steps=2", "trainer.val_check_interval=2"))
+    metrics = evaluate(eval_config(run, tmp_path / "eval", "tasks=[bpd]"))["metrics"]
+    assert 0 < metrics["test_bpd"] < 16 and not [key for key in metrics if "given_label" in key]
 
 
 def test_existing_results_are_not_overwritten_unless_asked(checkpoint, tmp_path):
@@ -154,7 +193,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_dataset_overrides_replace_only_what_the_command_line_sets(checkpoint, tmp_path):
     """`dataset.root=...` composes without Hydra's `+` and overrides the checkpoint's root; unset keys keep its values."""
-    from main.evaluation import dataset_config
+    from main.evaluation.common import dataset_config
 
     trained = {"name": "cifar10", "root": "/trained/here", "download": False}
     moved = dataset_config(trained, eval_config(checkpoint, tmp_path, "dataset.root=/moved/there").dataset)

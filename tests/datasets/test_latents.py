@@ -11,8 +11,8 @@ import torch
 from helpers import compose_config
 
 from main.datasets import build_datamodule
-from main.datasets.latents import LatentCache, LatentDataModule, encode_images
-from main.models.autoencoder import KLAutoencoder
+from main.datasets.latents import LatentCache, LatentDataModule
+from main.models.autoencoder import KLAutoencoder, encode_images
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
 

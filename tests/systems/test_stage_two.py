@@ -6,12 +6,15 @@ import pytest
 import torch
 from helpers import tiny_refiner_config, tiny_train_config
 
+from main.models.diffusion import SamplerConfig
 from main.systems.stage_one import load_stage_one
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
 from main.train_ae import train as train_stage_one
 from main.train_ddpm import build_system, train
 from main.utils.checkpoint import load_checkpoint
+from main.utils.config import plain
 from main.utils.errors import UserError
+from main.utils.image_io import to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,19 @@ def test_stage_one_is_frozen_and_travels_in_the_checkpoint(refiner, stage_one):
     assert checkpoint["stage"] == "ddpm" and hp["unet"]["num_classes"] == 10  # class_conditional: auto follows stage one
     system.train()
     assert not system.stage_one.training and system.unet.training
+
+
+def test_the_preview_sampler_travels_in_the_checkpoint_and_older_ones_sample_with_the_defaults(refiner, tmp_path):
+    checkpoint = load_checkpoint(refiner, StageTwoSystem.STAGE)
+    assert checkpoint["hyper_parameters"]["preview_sampler"]["steps"] == 25  # train_ddpm.yaml's samples.sampler, a plain dict
+    assert load_stage_two(refiner)[0].preview_sampler == SamplerConfig(steps=25)
+    del checkpoint["hyper_parameters"]["preview_sampler"]  # as written before refiners carried it
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    system = load_stage_two(tmp_path / "older.ckpt")[0].eval()
+    assert system.preview_sampler == SamplerConfig()
+    images = system.sample_images(2, torch.Generator().manual_seed(0))
+    _, refined = system.generate(2, {"steps": 50}, generator=torch.Generator().manual_seed(0))
+    assert images.dtype == torch.uint8 and torch.equal(images, to_uint8(refined))
 
 
 def test_ema_differs_from_the_trained_weights(refiner):
@@ -138,6 +154,46 @@ def test_a_refiner_checkpoint_is_not_a_stage_one(tmp_path, refiner):
 def test_data_set_must_have_stage_ones_image_shape(tmp_path, stage_one):
     with pytest.raises(UserError, match=r"models 1x8x8 images but data set 'cifar10' has 3x32x32"):
         build_system(tiny_refiner_config(tmp_path, stage_one, "dataset=cifar10", "ddpm=digits"))
+
+
+def refiner_arguments(cfg) -> dict:
+    """StageTwoSystem's arguments of a refiner config other than its UNet and stage one."""
+    ddpm = plain(cfg.ddpm)
+    names = ("diffusion", "conditioning", "optim", "activation_checkpointing")
+    return {"data": plain(cfg.dataset), **{name: ddpm[name] for name in names}}
+
+
+def test_with_stage_one_copies_the_checkpoints_ema_weights_and_records_their_source(tmp_path, stage_one):
+    from main.train_ddpm import refiner_unet_kwargs
+
+    cfg, classes = tiny_refiner_config(tmp_path, stage_one), []
+
+    def unet(vae_classes: int) -> dict:
+        classes.append(vae_classes)
+        return refiner_unet_kwargs(cfg, vae_classes)
+
+    system = StageTwoSystem.with_stage_one(stage_one, unet=unet, **refiner_arguments(cfg))
+    checkpoint = load_checkpoint(stage_one, "vae")
+    ema = {name.removeprefix("ema.module."): t for name, t in checkpoint["state_dict"].items() if name.startswith("ema.module.")}
+    copied = system.stage_one.state_dict()
+    assert copied.keys() == ema.keys() and all(torch.equal(copied[name], ema[name]) for name in ema)
+    assert classes == [10] and system.unet.num_classes == 10  # the UNet was sized for stage one's classes
+    assert system.hparams.stage_one == {
+        "checkpoint": str(stage_one.resolve()),
+        "model": checkpoint["hyper_parameters"]["model"],
+        "data": checkpoint["hyper_parameters"]["data"],
+        "global_step": checkpoint["global_step"],
+        "autoencoder": None,
+    }
+
+
+def test_with_stage_one_refuses_another_image_shape_in_one_line(tmp_path, stage_one):
+    cfg = tiny_refiner_config(tmp_path, stage_one, "dataset=cifar10", "ddpm=digits")
+    with pytest.raises(UserError) as refused:
+        StageTwoSystem.with_stage_one(stage_one, unet=lambda n: pytest.fail("built a UNet"), **refiner_arguments(cfg))
+    assert str(refused.value) == (
+        f"stage one '{stage_one}' models 1x8x8 images but data set 'cifar10' has 3x32x32: use the data set stage one was trained on"
+    )
 
 
 def test_resume_continues_the_run(tmp_path, stage_one):

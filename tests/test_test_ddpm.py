@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from main.datasets import build_datamodule
-from main.evaluation import Shard
-from main.test_ddpm import evaluate, slerp
+from main.evaluation.common import Shard
+from main.evaluation.stage_two import evaluate, slerp
 from main.train_ae import train as train_stage_one
 from main.train_ddpm import train
 from main.utils.errors import UserError

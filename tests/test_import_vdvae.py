@@ -21,6 +21,7 @@ from helpers import CONFIGS, ROOT, compose_config, user_error
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from main.evaluation.stage_one import evaluate
 from main.import_vdvae import IMPORTED_EMA_UPDATES, export_weights, import_weights
 from main.models.vdvae import HierarchicalVAE
 from main.models.vdvae.likelihood import MixtureParams
@@ -35,7 +36,6 @@ from main.models.vdvae.original_format import (
     to_original,
 )
 from main.systems.stage_one import load_stage_one
-from main.test_ae import evaluate
 
 # VDVAE's hps.py (openai/vdvae@ea35b49): width, custom_width_str, enc_blocks, dec_blocks, num_mixtures, and the
 # parameter count its code reports for each.

@@ -1,4 +1,4 @@
-"""main/plots.py: valid PNGs of the expected sizes whose data shows up, the joins of resumed CSV logs, and clear errors."""
+"""main/evaluation/plots.py: valid PNGs of the expected sizes whose data shows up, the joins of resumed CSV logs, and clear errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from main.plots import (
+from main.evaluation.plots import (
     DPI,
     KL_SIZE,
     PALETTE,

@@ -1,5 +1,6 @@
-"""HierarchicalVAE: ELBO terms, parameter counts of the published presets, sampling, reconstruction,
-class conditioning and input checks, on tiny CPU configs (the presets are built on the meta device)."""
+"""HierarchicalVAE: ELBO terms, parameter counts of the published presets, sampling, reconstruction, latent space
+and input checks, on tiny CPU configs (the presets are built on the meta device). The decoder's own behaviour (fixed
+latents, class conditioning, guidance) is in test_decoder.py."""
 
 from __future__ import annotations
 
@@ -78,12 +79,17 @@ def test_forward_uses_the_global_random_stream():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def posterior_means_decoded(model, x):
+    """The deterministic reconstruction: every group at its posterior mean, rendered as the likelihood's mean."""
+    return model.sample(len(x), latents=model.encode_latents(x, temperature=0.0), output="mean")
+
+
 def test_batch_elements_do_not_interact():
-    """A deterministic reconstruction (temperature 0, likelihood mean) of each image is the same alone as in a batch."""
+    """A deterministic reconstruction (posterior means, likelihood mean) of each image is the same alone as in a batch."""
     model = tiny()
     x = images(4)
-    batch = model.reconstruct(x, temperature=0.0, output="mean")
-    alone = torch.cat([model.reconstruct(x[i : i + 1], temperature=0.0, output="mean") for i in range(4)])
+    batch = posterior_means_decoded(model, x)
+    alone = torch.cat([posterior_means_decoded(model, x[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(batch[0], batch[1])
 
@@ -237,28 +243,14 @@ def test_bound_is_reproducible_with_a_generator_and_needs_a_sample():
     assert "at least 1 sample" in user_error(model.importance_weighted_nll, x, samples=0)
 
 
-def test_fixed_latents_replace_the_draw():
-    """GroupChoice.latent is decoded as given, in posterior and prior groups alike."""
-    from main.models.vdvae.decoder import GroupChoice
-
-    model, x = tiny(), images(2)
-    latents = [torch.randn(shape, generator=gen(i)) for i, shape in enumerate(model.latent_shapes(2))]
-    activations = model.encoder(model._encoder_input(x))
-    with torch.no_grad():
-        for k in (0, 2):
-            choices = [GroupChoice(i < k, latent=z) for i, z in enumerate(latents)]
-            _, zs, _ = model.decoder(choices, 2, activations)
-            assert all(torch.equal(z, fixed) for z, fixed in zip(zs, latents))
-
-
 def test_encoded_latents_decode_to_the_reconstruction():
-    """Posterior means fed back through `sample(latents=...)` give `reconstruct` at temperature 0 for every group."""
+    """Posterior draws fed back through `sample(latents=...)` give `reconstruct`'s with the same generator."""
     model, x = tiny(), images(3)
-    latents = model.encode_latents(x)
+    latents = model.encode_latents(x, temperature=1.0, generator=gen(4))
     assert [tuple(z.shape) for z in latents] == model.latent_shapes(3)
     with torch.no_grad():
         decoded = model.sample(3, latents=latents, output="mean")
-        direct = model.reconstruct(x, temperature=0.0, output="mean")
+        direct = model.reconstruct(x, generator=gen(4), output="mean")
         torch.testing.assert_close(decoded, direct)
         assert not torch.allclose(
             model.sample(3, latents=[latents[0], *[None] * (len(latents) - 1)], output="mean", generator=gen(0)), direct
@@ -571,12 +563,27 @@ def test_reconstruct_with_all_groups_depends_on_the_images():
     assert torch.equal(a, model.reconstruct(images(2, seed=1), generator=gen(5), output="mean"))  # k defaults to all
 
 
-def test_reconstruct_at_temperature_zero_is_deterministic():
-    model = tiny()
-    x = images(2)
-    a = model.reconstruct(x, k=3, temperature=0.0, generator=gen(1), output="mean")
-    b = model.reconstruct(x, k=3, temperature=0.0, generator=gen(2), output="mean")
-    assert torch.equal(a, b)
+@pytest.mark.parametrize("temperature", [0.0, 0.1, 2.0, [0.5, 0.0, 3.0, 0.1, 0.2]])
+def test_reconstruct_temperature_leaves_posterior_draws_alone(temperature):
+    """Temperature is the prior's (as in VDVAE): with every group from the posterior it changes nothing, and the
+    draws are the posterior's own (temperature 1), not its mean."""
+    model, x = tiny(), images(3)
+    true_draws = model.reconstruct(x, generator=gen(3), output="mean")
+    assert torch.equal(model.reconstruct(x, temperature=temperature, generator=gen(3), output="mean"), true_draws)
+    assert not torch.allclose(true_draws, posterior_means_decoded(model, x))
+
+
+@pytest.mark.parametrize("temperature", [0.0, [9.0, 9.0, 9.0, 0.0, 0.0]])
+def test_reconstruct_temperature_scales_the_prior_groups_after_k(temperature):
+    """k = 3 of 5 at temperature 0: the first 3 groups are posterior draws, the last 2 their prior means (a list's
+    first k values are unused)."""
+    model, x = tiny(), images(2)
+    drawn = model.encode_latents(x, temperature=1.0, generator=gen(1))[:3]
+    expected = model.sample(2, temperature=0.0, latents=[*drawn, None, None], output="mean")
+    torch.testing.assert_close(model.reconstruct(x, k=3, temperature=temperature, generator=gen(1), output="mean"), expected)
+    assert not torch.allclose(model.reconstruct(x, k=3, temperature=1.0, generator=gen(1), output="mean"), expected)
+    prior_means = model.reconstruct(x, k=0, temperature=0.0, generator=gen(1), output="mean")
+    assert torch.equal(prior_means, model.reconstruct(x, k=0, temperature=0.0, generator=gen(2), output="mean"))
 
 
 @pytest.mark.parametrize("k", [-1, 6, 100])
@@ -585,42 +592,38 @@ def test_reconstruct_k_out_of_range_is_a_user_error(k):
     assert f"k={k}: use 'all', an integer 0..5" in user_error(model.reconstruct, images(2), k=k)
 
 
-# ---- class conditioning ---------------------------------------------------------------------------------------------------
-def test_label_minus_one_is_the_null_label():
-    """Labels -1 and no labels give identical samples, reconstructions and ELBOs."""
-    model = tiny(num_classes=3)
-    none = torch.full((2,), -1)
-    assert torch.equal(model.sample(2, labels=none, generator=gen(1)), model.sample(2, labels=None, generator=gen(1)))
-    x = images(2)
-    assert torch.equal(model.reconstruct(x, labels=none, k=2, generator=gen(1)), model.reconstruct(x, k=2, generator=gen(1)))
-    with torch.no_grad():
-        torch.manual_seed(0)  # forward() samples z from the global generator
-        with_minus_one = model(x, none).loss
-        torch.manual_seed(0)
-        assert torch.equal(with_minus_one, model(x).loss)
-        torch.manual_seed(0)
-        assert not torch.equal(with_minus_one, model(x, torch.tensor([0, 1])).loss)
+# ---- latent space: float latents in, normalised and clipped ------------------------------------------------------------
+def latent_vae(seed=0, **overrides) -> HierarchicalVAE:
+    return tiny(seed=seed, channels=4, likelihood="gaussian", pixel_mean=0.5, pixel_std=2.0, **overrides)
 
 
-def test_different_labels_give_different_outputs():
-    """Once label embeddings are non-zero, each label (and the null label) changes the deterministic output."""
-    model = tiny(num_classes=3)
-    with torch.no_grad():
-        for block in model.decoder.blocks:
-            block.label_embedding.weight.normal_()
-    outs = [model.sample(1, labels=torch.tensor([c]), temperature=0.0, output="mean") for c in (0, 1, 2, -1)]
-    for i in range(4):
-        for j in range(i):
-            assert not torch.allclose(outs[i], outs[j])
-    # labels act per image of the batch
-    both = model.sample(2, labels=torch.tensor([0, 1]), temperature=0.0, output="mean")
-    torch.testing.assert_close(both, torch.cat(outs[:2]))
+def latents(n=3, seed=0) -> torch.Tensor:
+    return 0.5 + 2.0 * torch.randn(n, 4, 8, 8, generator=gen(seed))
 
 
-def test_unconditional_model_has_no_label_embeddings():
-    model = tiny(perturb=False)
-    assert all(b.label_embedding is None for b in model.decoder.blocks)
-    assert count(tiny(perturb=False, num_classes=3)) == count(model) + 4 * 16 * model.num_groups
+def test_latent_model_scores_normalised_clipped_latents():
+    model = latent_vae()
+    x = latents()
+    x[0, 0, 0, 0] = 100.0  # far outside: clipped to +4 after normalising
+    target = model.targets(x)
+    assert target.max().item() == 4.0
+    torch.testing.assert_close(target[1], ((x[1] - 0.5) / 2.0).clamp(-4, 4))
+    elbo = model(x)
+    assert elbo.loss.shape == (3,) and torch.isfinite(elbo.loss).all()
+    elbo.loss.mean().backward()
+    assert model.likelihood.out_conv.weight.grad.abs().sum() > 0
+
+
+def test_latent_model_samples_latents_not_images():
+    model = latent_vae()
+    z = model.sample(2, generator=gen(0))
+    assert z.shape == (2, 4, 8, 8) and z.dtype == torch.float32
+    torch.testing.assert_close(model.denormalise(torch.zeros(1)), torch.tensor([0.5]))
+    assert "decode them" in user_error(model.to_uint8, z)
+
+
+def test_unknown_likelihood_is_a_user_error():
+    assert "unknown likelihood" in user_error(HierarchicalVAE, **TINY, channels=4, likelihood="laplace")
 
 
 # ---- configuration errors ----------------------------------------------------------------------------------------------

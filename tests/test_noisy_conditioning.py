@@ -11,7 +11,7 @@ from helpers import compose_config, tiny_refiner_config, tiny_train_config
 from PIL import Image
 
 from main.datasets import first_images
-from main.evaluation import batch_generator
+from main.evaluation.common import batch_generator
 from main.noisy_conditioning import evaluate, psnr, ssim
 from main.systems.stage_two import load_stage_two
 from main.train_ae import train as train_stage_one

@@ -11,7 +11,8 @@ from helpers import ROOT, random_inception_weights
 from omegaconf import OmegaConf
 from PIL import Image
 
-from main.fid import load_reference, main
+from main.evaluation.fid import load_reference
+from main.fid import main
 from main.models.inception import WEIGHTS_URL
 from main.utils.errors import UserError
 

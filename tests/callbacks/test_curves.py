@@ -8,7 +8,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from main.callbacks.curves import TrainingCurves, csv_log_files
-from main.plots import DPI, PANEL, TITLE_HEIGHT, read_metrics
+from main.evaluation.plots import DPI, PANEL, TITLE_HEIGHT, read_metrics
 from main.train_ae import build_trainer, train
 
 QUICK = ["trainer.log_every_n_steps=1", "trainer.limit_val_batches=1"]

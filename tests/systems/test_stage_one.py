@@ -114,6 +114,25 @@ def test_updates_past_the_skip_threshold_never_reach_the_weights(tmp_path):
     assert changed == []
 
 
+def test_gradients_are_freed_before_the_next_forward_pass(tmp_path, monkeypatch):
+    """The last update's gradients would sit in memory beside the next forward pass's activations (raising the peak of
+    large presets by their size, bench.sh presets): every training forward starts with none, after taken or skipped updates."""
+    original = HierarchicalVAE.forward
+    stale = []
+
+    def recording(self, x, labels=None):
+        if self.training:
+            stale.append(sum(p.grad is not None for p in self.parameters()))
+        return original(self, x, labels)
+
+    monkeypatch.setattr(HierarchicalVAE, "forward", recording)
+    cfg = tiny_train_config(tmp_path, "trainer.max_steps=3", "vae.optim.skip_threshold=1e-9", "vae.optim.max_consecutive_skips=2")
+    fit_and_keep_system(cfg)  # the first update is skipped, and so is the second, which stops the run
+    cfg = tiny_train_config(tmp_path / "taken", "trainer.max_steps=3")
+    fit_and_keep_system(cfg)
+    assert len(stale) >= 4 and not any(stale)
+
+
 def test_a_nan_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     """One batch yields NaN: the update is skipped, counted, and no NaN reaches weights, EMA or checkpoint."""
     original = HierarchicalVAE.forward
