@@ -1,4 +1,4 @@
-"""scripts/bench.py time_to_quality: when it evaluates, on which images, what decides the target, and its summary.
+"""scripts/bench.py, time_to_quality: when it evaluates, on which images, what decides the target, and its summary.
 
 A stand-in system whose EMA model gives every image a known bits/dim drives the probe step by step, so the
 bookkeeping is checked exactly and in milliseconds; the real training run is the benchmark itself.
