@@ -256,7 +256,7 @@ def imported(tmp_path_factory):
 def test_imported_checkpoint_has_the_files_weights_and_its_config(imported):
     system, checkpoint = load_stage_one(imported["ckpt"])
     assert checkpoint["stage"] == "vae" and checkpoint["hyper_parameters"]["autoencoder"] is None  # pixel space
-    expected = {"model", "optim", "data", "label_dropout", "autoencoder", "activation_checkpointing"}
+    expected = {"model", "optim", "data", "label_dropout", "autoencoder", "activation_checkpointing", "preview_temperature"}
     assert set(checkpoint["hyper_parameters"]) == expected and not checkpoint["hyper_parameters"]["activation_checkpointing"]
     model = checkpoint["hyper_parameters"]["model"]
     assert (model["pixel_mean"], model["pixel_std"]) == VDVAE_PIXEL_STATS["cifar10"]
