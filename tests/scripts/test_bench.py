@@ -68,19 +68,19 @@ def test_the_training_clock_leaves_evaluation_out():
 
 def test_summary_compares_with_the_recipe_at_its_2000_steps_and_pairs_bf16_with_fp32():
     ours = {
-        "train_step_s_median": 0.5,
+        "train_step_s_mean": 0.5,
         "steps_to_target": 400,
         "seconds_to_target": 210.0,
         "curve": [{"step": 100, "subset_bpd": 6.0}, {"step": 200, "subset_bpd": 5.5, "test_bpd": 5.52}],
     }
     bf16 = {"curve": [{"step": 100, "subset_bpd": 6.01}, {"step": 200, "subset_bpd": 5.49, "test_bpd": 5.535}]}
     summary = bench.time_to_quality_summary({"cifar10_cpu": ours, "cifar10_cpu:bf16-mixed": bf16})
-    assert summary["reference_seconds_to_target"] == bench.REFERENCE_STEPS * 0.5  # same architecture: our step
+    assert summary["reference_seconds_to_target"] == bench.REFERENCE_STEPS * 0.5  # same architecture: our mean step
     assert summary["ours_over_reference_wall_clock"] == pytest.approx(210.0 / 1000.0)
     assert summary["ours_over_reference_steps"] == pytest.approx(400 / bench.REFERENCE_STEPS)
     assert summary["bf16_minus_fp32_subset_bpd"] == pytest.approx({100: 0.01, 200: -0.01})
     assert summary["bf16_minus_fp32_test_bpd"] == pytest.approx({200: 0.015})
-    reference = {"train_step_s_median": 0.6, "curve": [{"step": 2000, "subset_bpd": 5.7, "test_bpd": 5.61}]}
+    reference = {"train_step_s_mean": 0.6, "curve": [{"step": 2000, "subset_bpd": 5.7, "test_bpd": 5.61}]}
     with_reference = bench.time_to_quality_summary({"cifar10_cpu": ours, "vdvae_recipe": reference})
     assert with_reference["reference_seconds_to_target"] == pytest.approx(bench.REFERENCE_STEPS * 0.6)
     assert with_reference["reference_final_test_bpd"] == 5.61

@@ -7,10 +7,9 @@ import functools
 import pytest
 import torch
 
+from main.train_ae import build_system
 from scripts.bench import compose_preset
 from scripts.memory_estimate import LiveTensors, step_memory
-
-from main.train_ae import build_system
 
 
 def test_live_tensors_counts_new_storages_until_freed():
