@@ -739,18 +739,21 @@ def measure_preset(name: str, quick: bool) -> dict:
     return result
 
 
+CPU_MEMORY_CONFIGS = [c for c in MEMORY_CONFIGS if c.split(":")[0].endswith("_cpu")]
+PRESET_CHECKS = [f"check:{config}" for config in CPU_MEMORY_CONFIGS]  # presets: the estimate against a measured step
 SUITES = {
     "stage1": (list(PRESETS), measure_stage1),
     "stage2": (UNET_PRESETS, measure_stage2),
     "latent": (list(LATENT_PAIRS), measure_latent),
     "memory": (MEMORY_CONFIGS, measure_memory),
+    "presets": (PRESET_MODELS + PRESET_CHECKS, measure_preset),
     "precision": (PRECISION_MODELS, measure_precision),
     "time_to_quality": (list(QUALITY_RUNS), measure_time_to_quality),
 }
-QUICK = {"memory": [c for c in MEMORY_CONFIGS if c.split(":")[0].endswith("_cpu")]}  # other suites: their first (small) preset
-PRESET_CHECKS = [f"check:{config}" for config in QUICK["memory"]]
-SUITES["presets"] = (PRESET_MODELS + PRESET_CHECKS, measure_preset)
-QUICK["presets"] = ["vae=cifar10_cpu", "vae=ffhq256", *PRESET_CHECKS]
+QUICK = {  # other suites: their first (small) preset
+    "memory": CPU_MEMORY_CONFIGS,
+    "presets": ["vae=cifar10_cpu", "vae=ffhq256", *PRESET_CHECKS],
+}
 
 
 def cpu_model() -> str:
