@@ -447,8 +447,8 @@ class PeakMemory(pl.Callback):
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-# memory: the models measured, as config group=preset
-MEMORY_MODELS = ["vae=cifar10_cpu", "vae=cifar10", "ddpm=cifar10_cpu", "ddpm=cifar10"]
+# memory: the models measured, as config group=preset, at batch 16 unless "@<batch>" follows (the UNets' presets train at 32)
+MEMORY_MODELS = ["vae=cifar10_cpu", "vae=cifar10", "ddpm=cifar10_cpu", "ddpm=cifar10", "ddpm=cifar10@32"]
 MEMORY_CONFIGS = [f"{model}:{mode}" for model in MEMORY_MODELS for mode in ("plain", "checkpointed")]
 
 
@@ -469,12 +469,13 @@ def training_system(model: str, overrides: tuple[str, ...] = ()) -> tuple[pl.Lig
 
 
 def measure_memory(name: str, quick: bool) -> dict:
-    """One configuration ("<group>=<preset>:plain|checkpointed"): peak training-step memory and step time."""
-    model, mode = name.split(":")
+    """One configuration ("<group>=<preset>[@<batch>]:plain|checkpointed"): peak training-step memory and step time."""
+    model_at_batch, mode = name.split(":")
+    model, _, batch = model_at_batch.partition("@")
     setting = f"{model.split('=')[0]}.activation_checkpointing={str(mode == 'checkpointed').lower()}"
     system, trained = training_system(model, (setting,))
     n_params = sum(p.numel() for p in getattr(system, trained).parameters())
-    batch, warmup, steps = 16, 1, 3
+    batch, warmup, steps = int(batch or 16), 1, 3
     meter = PeakMemory(warmup + steps + 1)  # the last step measures the live peak on the CPU, untimed
     times = fit_steps(system, batch, warmup + steps + 1, accelerator="auto", callbacks=[meter])[warmup : warmup + steps]
     cpu = meter.device.type == "cpu"

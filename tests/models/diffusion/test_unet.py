@@ -9,7 +9,7 @@ import torch
 
 from main.models.diffusion.gaussian_diffusion import GaussianDiffusion
 from main.models.diffusion.schedules import get_beta_schedule
-from main.models.diffusion.unet import UNET_PRESETS, UNet, build_unet
+from main.models.diffusion.unet import UNET_PRESETS, SkipConcat, UNet, build_unet
 from main.models.diffusion.unet_blocks import AttentionBlock, timestep_embedding
 from main.utils.errors import UserError
 
@@ -158,3 +158,16 @@ def test_training_loss_random_t_is_seeded():
     a, b, c = (d.training_loss(model, x0, generator=torch.Generator().manual_seed(s)) for s in (0, 0, 1))
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_skip_concat_is_cat_with_a_gradient_of_its_own_for_the_skip():
+    """Same values and gradients as torch.cat; the skip's gradient is not a view that keeps the concatenated one alive."""
+    h = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(SkipConcat.apply(h, skip), torch.cat([h, skip], dim=1))
+    assert torch.autograd.gradcheck(SkipConcat.apply, (h, skip))
+    grad = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    grad_h, grad_skip = SkipConcat.backward(type("Ctx", (), {"split": 3})(), grad)
+    torch.testing.assert_close(grad_skip, grad[:, 3:])
+    assert grad_skip.untyped_storage().data_ptr() != grad.untyped_storage().data_ptr()
+    assert grad_skip.untyped_storage().nbytes() == grad_skip.numel() * grad_skip.element_size()
