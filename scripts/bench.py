@@ -70,7 +70,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -553,19 +555,16 @@ def shared_cifar10() -> Path:
 
 
 class QualityProbe(pl.Callback):
-    """Test bits/dim of the EMA weights during training, with the training clock paused while it evaluates.
+    """A quality curve during training, with the training clock paused while it evaluates.
 
-    Every ``every`` steps the first ``subset`` test images give a curve point; the first time a point reaches
-    ``target``, and at the last step, the whole test set is evaluated as well, and only the whole test set decides
-    when the target is reached. Wall-clock is the training loop's (data loading, forward, backward, optimizer,
-    EMA) from the first batch on."""
+    Every ``every`` steps, and at the last step (``max_steps``), ``metric(system, point, last)`` returns its figures
+    for the curve point {step, train_seconds} (``last``: whether it is the last step). Wall-clock is the training
+    loop's (data loading, forward, backward, optimizer, EMA) from the first batch on."""
 
-    def __init__(self, test_images, every: int, subset: int, target: float, max_steps: int, eval_batch: int = 500):
-        self.test_images, self.every, self.subset, self.target, self.max_steps = test_images, every, subset, target, max_steps
-        self.eval_batch = eval_batch
+    def __init__(self, metric: Callable[[pl.LightningModule, dict, bool], dict], every: int, max_steps: int):
+        self.metric, self.every, self.max_steps = metric, every, max_steps
         self.curve: list[dict] = []
         self.step_times: list[float] = []
-        self.steps_to_target = self.seconds_to_target = None
         self.steps = 0
         self.train_seconds = 0.0
 
@@ -579,25 +578,50 @@ class QualityProbe(pl.Callback):
         if self.steps % self.every and self.steps != self.max_steps:
             return
         start = time.perf_counter()
-        point = {"step": self.steps, "train_seconds": self.train_seconds, "subset_bpd": self.test_bpd(pl_module, self.subset)}
-        if self.steps == self.max_steps or (self.steps_to_target is None and point["subset_bpd"] <= self.target):
-            point["test_bpd"] = self.test_bpd(pl_module, len(self.test_images))
-            if self.steps_to_target is None and point["test_bpd"] <= self.target:
-                self.steps_to_target, self.seconds_to_target = self.steps, self.train_seconds
+        point = {"step": self.steps, "train_seconds": self.train_seconds}
+        point.update(self.metric(pl_module, point, self.steps == self.max_steps))
         point.update(skipped_updates=int(pl_module.skipped_updates), eval_seconds=time.perf_counter() - start)
         self.curve.append(point)
         print(json.dumps(point), file=sys.stderr, flush=True)
 
-    def test_bpd(self, system, n: int) -> float:
-        """Mean bits/dim of the first n test images under the EMA weights, in fp32 whatever the training precision."""
-        import torch
+    def timing(self) -> dict:
+        """The run's steps and step times, for its JSON."""
+        return {
+            "steps": self.steps,
+            "train_step_s_median": statistics.median(self.step_times),
+            "train_step_s_mean": statistics.mean(self.step_times),
+            "curve": self.curve,
+        }
 
-        total = 0.0
-        with torch.no_grad(), torch.autocast(system.device.type, enabled=False):
-            for batch in self.test_images[:n].split(self.eval_batch):
-                labels = torch.full((len(batch),), -1, device=system.device)
-                total += float(system.ema_vae(batch.to(system.device), labels).bits_per_dim.sum())
-        return total / n
+
+class BitsPerDimToTarget:
+    """Stage one's curve metric: test bits/dim of the EMA weights on the first ``subset`` test images; the first time a
+    point reaches ``target``, and at the last step, on the whole test set as well, and only the whole test set decides
+    when the target is reached."""
+
+    def __init__(self, test_images, subset: int, target: float):
+        self.test_images, self.subset, self.target = test_images, subset, target
+        self.steps_to_target = self.seconds_to_target = None
+
+    def __call__(self, system, point: dict, last: bool) -> dict:
+        figures = {"subset_bpd": ema_bits_per_dim(system, self.test_images[: self.subset])}
+        if last or (self.steps_to_target is None and figures["subset_bpd"] <= self.target):
+            figures["test_bpd"] = ema_bits_per_dim(system, self.test_images)
+            if self.steps_to_target is None and figures["test_bpd"] <= self.target:
+                self.steps_to_target, self.seconds_to_target = point["step"], point["train_seconds"]
+        return figures
+
+
+def ema_bits_per_dim(system, images, eval_batch: int = 500) -> float:
+    """Mean bits/dim of uint8 ``images`` under a stage-one system's EMA weights, in fp32 whatever the training precision."""
+    import torch
+
+    total = 0.0
+    with torch.no_grad(), torch.autocast(system.device.type, enabled=False):
+        for batch in images.split(eval_batch):
+            labels = torch.full((len(batch),), -1, device=system.device)
+            total += float(system.ema_vae(batch.to(system.device), labels).bits_per_dim.sum())
+    return total / len(images)
 
 
 def measure_time_to_quality(name: str, quick: bool, extra: tuple[str, ...] = ()) -> dict:
@@ -616,20 +640,18 @@ def measure_time_to_quality(name: str, quick: bool, extra: tuple[str, ...] = ())
     pl.seed_everything(0, workers=True)
     system = build_system(cfg)
     test_images, _ = first_images(cfg.dataset, "test", n_test)
-    probe = QualityProbe(test_images, every, subset, TARGET_BPD, max_steps)
+    bpd = BitsPerDimToTarget(test_images, subset, TARGET_BPD)
+    probe = QualityProbe(bpd, every, max_steps)
     bare_trainer(max_steps, precision, "cpu", [probe]).fit(system, datamodule=build_datamodule(cfg.dataset, batch_size=16, seed=0))
     return {
         "precision": precision,
         "overrides": [*overrides, *extra],
         "optim": plain(cfg.vae.optim),
         "test_images": len(test_images),
-        "steps": probe.steps,
-        "train_step_s_median": statistics.median(probe.step_times),
-        "train_step_s_mean": statistics.mean(probe.step_times),
-        "curve": probe.curve,
+        **probe.timing(),
         "target_bpd": TARGET_BPD,
-        "steps_to_target": probe.steps_to_target,
-        "seconds_to_target": probe.seconds_to_target,
+        "steps_to_target": bpd.steps_to_target,
+        "seconds_to_target": bpd.seconds_to_target,
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -29,7 +29,7 @@ def run_probe(levels: list[float], every: int = 2, subset: int = 4, target: floa
     """Step the probe once per entry of levels (the model's level after that step) over 10 images 0..9."""
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
     system = FakeSystem()
-    probe = bench.QualityProbe(images, every, subset, target, max_steps=len(levels))
+    probe = bench.QualityProbe(bench.BitsPerDimToTarget(images, subset, target), every, max_steps=len(levels))
     for level in levels:
         probe.on_train_batch_start()
         system.level = level
@@ -43,7 +43,7 @@ def test_curve_points_every_k_steps_on_the_subset_and_the_whole_set_at_the_end()
     assert probe.curve[0]["subset_bpd"] == pytest.approx(8.0 + 1.5 / 100)  # images 0..3
     assert "test_bpd" not in probe.curve[0]
     assert probe.curve[-1]["test_bpd"] == pytest.approx(6.2 + 4.5 / 100)  # all ten images
-    assert probe.steps_to_target is None and probe.seconds_to_target is None
+    assert probe.metric.steps_to_target is None and probe.metric.seconds_to_target is None
 
 
 def test_the_whole_test_set_decides_when_the_target_is_reached():
@@ -54,8 +54,8 @@ def test_the_whole_test_set_decides_when_the_target_is_reached():
     assert "test_bpd" not in steps[2]
     assert steps[4]["test_bpd"] == pytest.approx(5.625)
     assert steps[6]["test_bpd"] == pytest.approx(5.545)
-    assert probe.steps_to_target == 6
-    assert probe.seconds_to_target == pytest.approx(sum(probe.step_times[:6]))
+    assert probe.metric.steps_to_target == 6
+    assert probe.metric.seconds_to_target == pytest.approx(sum(probe.step_times[:6]))
     assert steps[8]["test_bpd"] == pytest.approx(5.445)
 
 
