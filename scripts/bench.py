@@ -763,8 +763,8 @@ def train_stage_one(root: Path, steps: int, path: Path) -> Path:
 
 def measure_refiner_time_to_quality(name: str, quick: bool, stage_one: str | None = None) -> dict:
     """One run of REFINER_RUNS: the ddpm=cifar10_cpu refiner trained on CIFAR-10 at batch 16 over the stage one at
-    ``stage_one`` (None: over one trained here for STAGE_ONE_STEPS), its RefinerEpsilonLoss on the way (--quick: 6 steps,
-    32 test images, over a 4-step stage one, to check the machinery)."""
+    ``stage_one`` (None: over one trained here for STAGE_ONE_STEPS), its RefinerEpsilonLoss on the way (--quick: 3 steps,
+    32 test images, over a 1-step stage one, to check the machinery)."""
     import torch
 
     from main.datasets.datamodule import first_images
@@ -773,12 +773,13 @@ def measure_refiner_time_to_quality(name: str, quick: bool, stage_one: str | Non
     from main.utils.config import plain
 
     root = shared_cifar10()
-    steps, every, n_test, stage_one_steps = (6, 3, 32, 4) if quick else (REFERENCE_STEPS, QUALITY_EVERY, QUALITY_SUBSET, STAGE_ONE_STEPS)
+    steps, every, n_test, stage_one_steps = (3, 2, 32, 1) if quick else (REFERENCE_STEPS, QUALITY_EVERY, QUALITY_SUBSET, STAGE_ONE_STEPS)
     cfg = compose_ddpm("cifar10_cpu", (f"dataset.root={root}", *REFINER_RUNS[name]))
     test_images, labels = first_images(cfg.dataset, "test", n_test)
     with tempfile.TemporaryDirectory() as tmp:
         cfg.stage_one = stage_one or str(train_stage_one(root, stage_one_steps, Path(tmp) / "stage_one.ckpt"))
         vae_system, checkpoint = load_stage_one(cfg.stage_one)
+        torch.manual_seed(0)  # its posterior draws: the same figure for the same stage one in every run
         stage_one_result = {
             "checkpoint": stage_one or f"trained here: vae=cifar10_cpu, batch 16, seed 0, {stage_one_steps} steps",
             "global_step": checkpoint.get("global_step"),
@@ -976,7 +977,7 @@ def main() -> None:
     if args.stage_one and args.suite != "refiner_time_to_quality":
         parser.error("--stage-one only applies to refiner_time_to_quality")
     if args.stage_one:
-        load_checkpoint(args.stage_one, "vae", mmap=True)  # a wrong file is one line before any run starts
+        load_checkpoint(args.stage_one, "vae")  # a wrong file is one line before any run starts
     if args.preset:
         if args.preset not in presets:
             parser.error(f"--preset must be one of {', '.join(presets)} for {args.suite}")
