@@ -1,6 +1,6 @@
 """Speed, memory and time-to-quality benchmarks, printed as JSON.
 
-`bash scripts/bench.sh stage1|stage2|latent|memory|presets|precision|time_to_quality [--quick]`.
+`bash scripts/bench.sh stage1|stage2|latent|memory|presets|precision|time_to_quality|refiner_time_to_quality [--quick]`.
 
 Each preset is measured in its own process (so peak memory is its own), with the load average
 before and after; --quick measures the small preset only, with fewer steps. Synthetic batches: the
@@ -58,6 +58,15 @@ first 1,000 test images gives a curve point (the same images for every run, so d
 paired); the whole test set is evaluated at the first point that reaches 5.6 bits/dim (VDVAE's recipe's figure
 after 2,000 steps) and at the last step, and only it decides when 5.6 is reached. Training wall-clock excludes the
 evaluations. The summary sets our seconds to 5.6 against the recipe's 2,000 steps at its median step time.
+
+refiner_time_to_quality (the same for the refiner; CIFAR-10 as above): the ddpm=cifar10_cpu refiner trained at batch 16
+for 2,000 steps in fp32 as our preset (lr 1e-3, warm-up 200, EMA 0.999, v-prediction) and with DiffuseVAE's recipe (lr
+2e-4, warm-up 5000, EMA 0.9999, eps-prediction), each in its own process, over the same stage one: --stage-one PATH, or
+else each run first trains the cifar10_cpu VAE for 400 steps at batch 16 from seed 0 (the same one on one machine). Every
+100 steps the EMA refiner's L_simple in epsilon units, mean ||eps - eps_hat||^2 on the first 1,000 test images (eps_hat
+converted from an eps or v output by the diffusion), with the steps, noise and stage-one conditions drawn once from a
+fixed seed (the same for both runs). The summary: where ours first reaches the recipe's final value, in steps and
+training seconds, against the recipe's 2,000 steps and seconds. --parallel starts the runs at once.
 """
 
 from __future__ import annotations
@@ -70,13 +79,17 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from main.utils.checkpoint import load_checkpoint  # noqa: E402  (the repository is on sys.path now)
+from main.utils.errors import exit_on_user_error  # noqa: E402
 
 PRESETS = {"small": "cifar10_cpu", "cifar10": "cifar10"}  # stage1: name -> VAE config
 UNET_PRESETS = ["small", "cifar10"]  # stage2: names in main.models.diffusion.unet.UNET_PRESETS
@@ -554,19 +567,16 @@ def shared_cifar10() -> Path:
 
 
 class QualityProbe(pl.Callback):
-    """Test bits/dim of the EMA weights during training, with the training clock paused while it evaluates.
+    """A quality curve during training, with the training clock paused while it evaluates.
 
-    Every ``every`` steps the first ``subset`` test images give a curve point; the first time a point reaches
-    ``target``, and at the last step, the whole test set is evaluated as well, and only the whole test set decides
-    when the target is reached. Wall-clock is the training loop's (data loading, forward, backward, optimizer,
-    EMA) from the first batch on."""
+    Every ``every`` steps, and at the last step (``max_steps``), ``metric(system, point, last)`` returns its figures
+    for the curve point {step, train_seconds} (``last``: whether it is the last step). Wall-clock is the training
+    loop's (data loading, forward, backward, optimizer, EMA) from the first batch on."""
 
-    def __init__(self, test_images, every: int, subset: int, target: float, max_steps: int, eval_batch: int = 500):
-        self.test_images, self.every, self.subset, self.target, self.max_steps = test_images, every, subset, target, max_steps
-        self.eval_batch = eval_batch
+    def __init__(self, metric: Callable[[pl.LightningModule, dict, bool], dict], every: int, max_steps: int):
+        self.metric, self.every, self.max_steps = metric, every, max_steps
         self.curve: list[dict] = []
         self.step_times: list[float] = []
-        self.steps_to_target = self.seconds_to_target = None
         self.steps = 0
         self.train_seconds = 0.0
 
@@ -580,25 +590,59 @@ class QualityProbe(pl.Callback):
         if self.steps % self.every and self.steps != self.max_steps:
             return
         start = time.perf_counter()
-        point = {"step": self.steps, "train_seconds": self.train_seconds, "subset_bpd": self.test_bpd(pl_module, self.subset)}
-        if self.steps == self.max_steps or (self.steps_to_target is None and point["subset_bpd"] <= self.target):
-            point["test_bpd"] = self.test_bpd(pl_module, len(self.test_images))
-            if self.steps_to_target is None and point["test_bpd"] <= self.target:
-                self.steps_to_target, self.seconds_to_target = self.steps, self.train_seconds
+        point = {"step": self.steps, "train_seconds": self.train_seconds}
+        point.update(self.metric(pl_module, point, self.steps == self.max_steps))
         point.update(skipped_updates=int(pl_module.skipped_updates), eval_seconds=time.perf_counter() - start)
         self.curve.append(point)
         print(json.dumps(point), file=sys.stderr, flush=True)
 
-    def test_bpd(self, system, n: int) -> float:
-        """Mean bits/dim of the first n test images under the EMA weights, in fp32 whatever the training precision."""
-        import torch
+    def timing(self) -> dict:
+        """The run's steps and step times, for its JSON."""
+        return {
+            "steps": self.steps,
+            "train_step_s_median": statistics.median(self.step_times),
+            "train_step_s_mean": statistics.mean(self.step_times),
+            "curve": self.curve,
+        }
 
-        total = 0.0
-        with torch.no_grad(), torch.autocast(system.device.type, enabled=False):
-            for batch in self.test_images[:n].split(self.eval_batch):
-                labels = torch.full((len(batch),), -1, device=system.device)
-                total += float(system.ema_vae(batch.to(system.device), labels).bits_per_dim.sum())
-        return total / n
+
+class BitsPerDimToTarget:
+    """Stage one's curve metric: test bits/dim of the EMA weights on the first ``subset`` test images; the first time a
+    point reaches ``target``, and at the last step, on the whole test set as well, and only the whole test set decides
+    when the target is reached."""
+
+    def __init__(self, test_images, subset: int, target: float):
+        self.test_images, self.subset, self.target = test_images, subset, target
+        self.steps_to_target = self.seconds_to_target = None
+
+    def __call__(self, system, point: dict, last: bool) -> dict:
+        figures = {"subset_bpd": ema_bits_per_dim(system, self.test_images[: self.subset])}
+        if last or (self.steps_to_target is None and figures["subset_bpd"] <= self.target):
+            figures["test_bpd"] = ema_bits_per_dim(system, self.test_images)
+            if self.steps_to_target is None and figures["test_bpd"] <= self.target:
+                self.steps_to_target, self.seconds_to_target = point["step"], point["train_seconds"]
+        return figures
+
+
+def ema_bits_per_dim(system, images, eval_batch: int = 500) -> float:
+    """Mean bits/dim of uint8 ``images`` under a stage-one system's EMA weights, in fp32 whatever the training precision."""
+    import torch
+
+    total = 0.0
+    with torch.no_grad(), torch.autocast(system.device.type, enabled=False):
+        for batch in images.split(eval_batch):
+            labels = torch.full((len(batch),), -1, device=system.device)
+            total += float(system.ema_vae(batch.to(system.device), labels).bits_per_dim.sum())
+    return total / len(images)
+
+
+def fit_at_batch_16(system: pl.LightningModule, cfg, steps: int, precision: str = "32-true", callbacks=()) -> pl.Trainer:
+    """Train ``system`` for ``steps`` steps at batch 16 on cfg's data set, shuffled from seed 0 (the same batches every run)."""
+    from main.datasets.datamodule import build_datamodule
+
+    trainer = bare_trainer(steps, precision, "cpu", list(callbacks))
+    trainer.fit(system, datamodule=build_datamodule(cfg.dataset, batch_size=16, seed=0))
+    return trainer
 
 
 def measure_time_to_quality(name: str, quick: bool, extra: tuple[str, ...] = ()) -> dict:
@@ -606,7 +650,7 @@ def measure_time_to_quality(name: str, quick: bool, extra: tuple[str, ...] = ())
     60 steps, 200 + 400 test images, to check the machinery); ``extra``: config overrides to try (--set)."""
     import torch
 
-    from main.datasets.datamodule import build_datamodule, first_images
+    from main.datasets.datamodule import first_images
     from main.train_ae import build_system
     from main.utils.config import plain
 
@@ -617,20 +661,18 @@ def measure_time_to_quality(name: str, quick: bool, extra: tuple[str, ...] = ())
     pl.seed_everything(0, workers=True)
     system = build_system(cfg)
     test_images, _ = first_images(cfg.dataset, "test", n_test)
-    probe = QualityProbe(test_images, every, subset, TARGET_BPD, max_steps)
-    bare_trainer(max_steps, precision, "cpu", [probe]).fit(system, datamodule=build_datamodule(cfg.dataset, batch_size=16, seed=0))
+    bpd = BitsPerDimToTarget(test_images, subset, TARGET_BPD)
+    probe = QualityProbe(bpd, every, max_steps)
+    fit_at_batch_16(system, cfg, max_steps, precision, [probe])
     return {
         "precision": precision,
         "overrides": [*overrides, *extra],
         "optim": plain(cfg.vae.optim),
         "test_images": len(test_images),
-        "steps": probe.steps,
-        "train_step_s_median": statistics.median(probe.step_times),
-        "train_step_s_mean": statistics.mean(probe.step_times),
-        "curve": probe.curve,
+        **probe.timing(),
         "target_bpd": TARGET_BPD,
-        "steps_to_target": probe.steps_to_target,
-        "seconds_to_target": probe.seconds_to_target,
+        "steps_to_target": bpd.steps_to_target,
+        "seconds_to_target": bpd.seconds_to_target,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -660,6 +702,137 @@ def time_to_quality_summary(results: dict) -> dict:
             paired = [p for p in bf16["curve"] if p["step"] in fp32_at and key in p]
             summary[f"bf16_minus_fp32_{key}"] = {p["step"]: p[key] - fp32_at[p["step"]] for p in paired}
     return summary
+
+
+# refiner_time_to_quality: the EMA refiner's L_simple in epsilon units (CIFAR-10 test images) against training wall-clock.
+STAGE_ONE_STEPS = 400  # the stage one the refiners build on when no --stage-one is given: cifar10_cpu, batch 16, seed 0
+DIFFUSEVAE_RECIPE = ("ddpm.optim.lr=2e-4", "ddpm.optim.warmup_steps=5000", "ddpm.optim.ema_rate=0.9999", "ddpm.diffusion.prediction=eps")
+REFINER_RUNS = {  # name -> ddpm overrides; every run trains the ddpm=cifar10_cpu architecture at batch 16 for REFERENCE_STEPS
+    "refiner_cpu": (),  # our preset as is: lr 1e-3, warm-up 200, EMA 0.999, v-prediction
+    "diffusevae_recipe": DIFFUSEVAE_RECIPE,
+}
+
+
+class RefinerEpsilonLoss:
+    """The refiner's curve metric, comparable between eps- and v-prediction: the EMA refiner's mean ||eps - eps_hat||^2
+    per pixel over ``images``, eps_hat converted from its output by the diffusion (`output_to_xstart_eps`).
+
+    The steps t, the noise and the stage-one conditions y (as in training, without conditioning dropout) are drawn once
+    from ``seed`` and reused at every point, and by every run over the same stage one, so that differences are paired."""
+
+    def __init__(self, system, images, labels, seed: int = 0, eval_batch: int = 250):
+        import torch
+
+        from main.utils.image_io import to_unit_range
+
+        generator = torch.Generator(device=system.device).manual_seed(seed)
+        t = torch.randint(0, system.diffusion.num_timesteps, (len(images),), generator=generator, device=system.device)
+        noise = torch.randn(images.shape, generator=generator, device=system.device)
+        with torch.autocast(system.device.type, enabled=False):
+            batches = zip(images.to(system.device).split(eval_batch), labels.to(system.device).split(eval_batch))
+            y = torch.cat([system.null_if_nonfinite(system.condition(x, c, generator)) for x, c in batches])
+        self.draws = {"x_start": to_unit_range(images), "t": t, "noise": noise, "y": y, "labels": labels}
+        self.eval_batch = eval_batch
+
+    def __call__(self, system, point: dict | None = None, last: bool = False) -> dict:
+        """{"eps_mse": ...} of the system's EMA refiner, in eval mode and fp32 whatever the training precision."""
+        import torch
+
+        from main.models.diffusion.guidance import ConditionedDenoiser, class_labels_for
+
+        unet, device = system.ema.module, system.device
+        mode = unet.training
+        unet.eval()
+        total = 0.0
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            for x_start, t, noise, y, labels in zip(*(v.to(device).split(self.eval_batch) for v in self.draws.values())):
+                denoiser = ConditionedDenoiser(unet, class_labels_for(unet, labels, len(x_start), device))
+                total += float(epsilon_mse(system.diffusion, denoiser, x_start, t, noise, y).sum())
+        unet.train(mode)
+        return {"eps_mse": total / len(self.draws["x_start"])}
+
+
+def epsilon_mse(diffusion, model, x_start, t, noise, y):
+    """Per-image mean ||noise - eps_hat||^2 [N] of ``model`` (called as in training) at steps t, whatever it predicts."""
+    x_t = diffusion.q_sample(x_start, t, y, noise)
+    output = model(diffusion.model_input(x_t, y), diffusion.map_timesteps(t))
+    eps_hat = diffusion.output_to_xstart_eps(output, x_t, t, y)[1]
+    return (noise - eps_hat).pow(2).flatten(1).mean(dim=1)
+
+
+def train_stage_one(root: Path, steps: int, path: Path) -> Path:
+    """The cifar10_cpu stage one trained on the CIFAR-10 at ``root`` for ``steps`` steps at batch 16, seeded (so every run
+    on one machine gets the same one), saved at ``path``."""
+    from main.train_ae import build_system
+
+    cfg = compose_preset("cifar10_cpu", overrides=(f"dataset.root={root}",))
+    pl.seed_everything(0, workers=True)
+    fit_at_batch_16(build_system(cfg), cfg, steps).save_checkpoint(path)
+    return path
+
+
+def measure_refiner_time_to_quality(name: str, quick: bool, stage_one: str | None = None) -> dict:
+    """One run of REFINER_RUNS: the ddpm=cifar10_cpu refiner trained on CIFAR-10 at batch 16 over the stage one at
+    ``stage_one`` (None: over one trained here for STAGE_ONE_STEPS), its RefinerEpsilonLoss on the way (--quick: 3 steps,
+    32 test images, over a 1-step stage one, to check the machinery)."""
+    import torch
+
+    from main.datasets.datamodule import first_images
+    from main.systems.stage_one import load_stage_one
+    from main.train_ddpm import build_system
+    from main.utils.config import plain
+
+    root = shared_cifar10()
+    steps, every, n_test, stage_one_steps = (3, 2, 32, 1) if quick else (REFERENCE_STEPS, QUALITY_EVERY, QUALITY_SUBSET, STAGE_ONE_STEPS)
+    cfg = compose_ddpm("cifar10_cpu", (f"dataset.root={root}", *REFINER_RUNS[name]))
+    test_images, labels = first_images(cfg.dataset, "test", n_test)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.stage_one = stage_one or str(train_stage_one(root, stage_one_steps, Path(tmp) / "stage_one.ckpt"))
+        vae_system, checkpoint = load_stage_one(cfg.stage_one)
+        torch.manual_seed(0)  # its posterior draws: the same figure for the same stage one in every run
+        stage_one_result = {
+            "checkpoint": stage_one or f"trained here: vae=cifar10_cpu, batch 16, seed 0, {stage_one_steps} steps",
+            "global_step": checkpoint.get("global_step"),
+            "ema_subset_bpd": ema_bits_per_dim(vae_system, test_images),
+        }
+        pl.seed_everything(0, workers=True)
+        system = build_system(cfg)
+    probe = QualityProbe(RefinerEpsilonLoss(system, test_images, labels), every, steps)
+    fit_at_batch_16(system, cfg, steps, callbacks=[probe])
+    return {
+        "precision": "32-true",
+        "overrides": list(REFINER_RUNS[name]),
+        "optim": plain(cfg.ddpm.optim),
+        "prediction": cfg.ddpm.diffusion.prediction,
+        "stage_one": stage_one_result,
+        "test_images": len(test_images),
+        **probe.timing(),
+        "final_eps_mse": probe.curve[-1]["eps_mse"],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def refiner_time_to_quality_summary(results: dict) -> dict:
+    """Ours against DiffuseVAE's recipe: the target is the recipe's final eps_mse; the steps and training seconds of our
+    first curve point that reaches it (None: never), over the recipe's steps and its wall-clock (its steps at its mean step)."""
+    summary = {f"{name}_final_eps_mse": run["final_eps_mse"] for name, run in results.items()}
+    ours, recipe = results.get("refiner_cpu"), results.get("diffusevae_recipe")
+    if not (ours and recipe):
+        return summary
+    target = recipe["final_eps_mse"]
+    reached = next((point for point in ours["curve"] if point["eps_mse"] <= target), None)
+    recipe_seconds = recipe["steps"] * recipe["train_step_s_mean"]
+    return {
+        **summary,
+        "same_stage_one": ours["stage_one"]["ema_subset_bpd"] == recipe["stage_one"]["ema_subset_bpd"],
+        "target_eps_mse": target,
+        "recipe_steps": recipe["steps"],
+        "recipe_train_seconds": recipe_seconds,
+        "ours_steps_to_target": reached and reached["step"],
+        "ours_seconds_to_target": reached and reached["train_seconds"],
+        "ours_over_recipe_steps": reached and reached["step"] / recipe["steps"],
+        "ours_over_recipe_wall_clock": reached and reached["train_seconds"] / recipe_seconds,
+    }
 
 
 # presets: every published preset's training step at its own batch size, estimated on the meta device
@@ -750,8 +923,10 @@ SUITES = {
     "presets": (PRESET_MODELS + PRESET_CHECKS, measure_preset),
     "precision": (PRECISION_MODELS, measure_precision),
     "time_to_quality": (list(QUALITY_RUNS), measure_time_to_quality),
+    "refiner_time_to_quality": (list(REFINER_RUNS), measure_refiner_time_to_quality),
 }
 QUICK = {  # other suites: their first (small) preset
+    "refiner_time_to_quality": list(REFINER_RUNS),  # both: the summary compares them
     "memory": CPU_MEMORY_CONFIGS,
     "presets": ["vae=cifar10_cpu", "vae=ffhq256", *PRESET_CHECKS],
 }
@@ -763,11 +938,11 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
 
 
-def measure_in_this_process(suite: str, name: str, quick: bool, overrides: tuple[str, ...] = ()) -> dict:
-    """One preset of a suite (time_to_quality: with extra config overrides), with the machine's load around it and
-    this process's peak memory."""
+def measure_in_this_process(suite: str, name: str, quick: bool, **options) -> dict:
+    """One preset of a suite (``options``: the suite's own, --set's overrides or --stage-one), with the machine's load
+    around it and this process's peak memory."""
     load_before = load_average()
-    result = SUITES[suite][1](name, quick, *((overrides,) if overrides else ()))
+    result = SUITES[suite][1](name, quick, **options)
     result.update(
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         load_average_before=load_before,
@@ -776,6 +951,12 @@ def measure_in_this_process(suite: str, name: str, quick: bool, overrides: tuple
     return result
 
 
+def suite_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of the suite's measure function that the command line sets."""
+    return {**({"extra": tuple(args.set)} if args.set else {}), **({"stage_one": args.stage_one} if args.stage_one else {})}
+
+
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", choices=list(SUITES))
@@ -788,18 +969,33 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="time_to_quality: a config override for all runs, e.g. vae.optim.lr=2e-3",
     )
+    parser.add_argument(
+        "--stage-one",
+        metavar="PATH",
+        help=f"refiner_time_to_quality: the stage-one checkpoint every run refines (default: each run trains vae=cifar10_cpu "
+        f"for {STAGE_ONE_STEPS} steps, seeded, so all get the same)",
+    )
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="start all runs at once, one process each (for the time-to-quality suites on a machine with a core per run)",
+    )
     args = parser.parse_args()
     presets = SUITES[args.suite][0]
     if args.set and args.suite != "time_to_quality":
         parser.error("--set only applies to time_to_quality")
+    if args.stage_one and args.suite != "refiner_time_to_quality":
+        parser.error("--stage-one only applies to refiner_time_to_quality")
+    if args.stage_one:
+        load_checkpoint(args.stage_one, "vae")  # a wrong file is one line before any run starts
     if args.preset:
         if args.preset not in presets:
             parser.error(f"--preset must be one of {', '.join(presets)} for {args.suite}")
-        print(json.dumps(measure_in_this_process(args.suite, args.preset, args.quick, tuple(args.set))))
+        print(json.dumps(measure_in_this_process(args.suite, args.preset, args.quick, **suite_options(args))))
         return
     import torch
 
-    if args.suite == "time_to_quality":
+    if args.suite.endswith("time_to_quality"):
         shared_cifar10()  # before any run starts
     report = {
         "suite": args.suite,
@@ -810,15 +1006,27 @@ def main() -> None:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
         "results": {},
     }
-    for name in QUICK.get(args.suite, presets[:1]) if args.quick else presets:
-        cmd = [sys.executable, __file__, args.suite, "--preset", name] + (["--quick"] if args.quick else [])
-        cmd += [f"--set={override}" for override in args.set]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    flags = ["--quick"] if args.quick else []
+    flags += [f"--set={override}" for override in args.set] + ([f"--stage-one={args.stage_one}"] if args.stage_one else [])
+
+    def start(name: str) -> subprocess.Popen:
+        """A run in its own process; its progress and errors go to our stderr, its JSON to our pipe."""
+        return subprocess.Popen([sys.executable, __file__, args.suite, "--preset", name, *flags], stdout=subprocess.PIPE, text=True)
+
+    names = QUICK.get(args.suite, presets[:1]) if args.quick else presets
+    started = {name: start(name) for name in names} if args.parallel else {}
+    for name in names:
+        run = started.get(name) or start(name)
+        out = run.communicate()[0]
+        if run.returncode:
+            sys.exit(f"{args.suite} --preset {name} failed with exit status {run.returncode}: its error is above")
         report["results"][name] = json.loads(out.strip().splitlines()[-1])
     if args.suite == "memory":
         report["ratios"] = memory_ratios(report["results"])
     if args.suite == "time_to_quality":
         report["summary"] = time_to_quality_summary(report["results"])
+    if args.suite == "refiner_time_to_quality":
+        report["summary"] = refiner_time_to_quality_summary(report["results"])
     print(json.dumps(report, indent=2))
 
 
