@@ -175,12 +175,14 @@ def refiner_run(steps: list[tuple[int, float, float]], step_s: float = 0.5) -> d
 def test_refiner_summary_finds_where_ours_first_reaches_the_recipes_final_value():
     recipe = refiner_run([(100, 60.0, 0.30), (2000, 1200.0, 0.08)], step_s=0.6)
     ours = refiner_run([(100, 50.0, 0.20), (200, 100.0, 0.08), (300, 150.0, 0.07), (2000, 1000.0, 0.05)])
-    summary = bench.refiner_time_to_quality_summary({"refiner_cpu": ours, "diffusevae_recipe": recipe})
+    eps = refiner_run([(100, 55.0, 0.50), (2000, 1100.0, 0.06)])
+    summary = bench.refiner_time_to_quality_summary({"refiner_cpu": ours, "diffusevae_recipe": recipe, "refiner_cpu_eps": eps})
     assert summary["target_eps_mse"] == 0.08
-    assert (summary["ours_steps_to_target"], summary["ours_seconds_to_target"]) == (200, 100.0)  # reaching it counts
+    assert (summary["refiner_cpu_eps_steps_to_target"], summary["refiner_cpu_eps_over_recipe_steps"]) == (2000, 1.0)
+    assert (summary["refiner_cpu_steps_to_target"], summary["refiner_cpu_seconds_to_target"]) == (200, 100.0)  # reaching it counts
     assert summary["recipe_train_seconds"] == pytest.approx(2000 * 0.6)
-    assert summary["ours_over_recipe_steps"] == pytest.approx(200 / 2000)
-    assert summary["ours_over_recipe_wall_clock"] == pytest.approx(100.0 / 1200.0)
+    assert summary["refiner_cpu_over_recipe_steps"] == pytest.approx(200 / 2000)
+    assert summary["refiner_cpu_over_recipe_wall_clock"] == pytest.approx(100.0 / 1200.0)
     assert (summary["refiner_cpu_final_eps_mse"], summary["diffusevae_recipe_final_eps_mse"]) == (0.05, 0.08)
     assert summary["same_stage_one"] is True
 
@@ -189,8 +191,8 @@ def test_refiner_summary_says_none_when_ours_never_reaches_it():
     recipe = refiner_run([(2000, 1200.0, 0.08)])
     ours = refiner_run([(100, 50.0, 0.20), (2000, 1000.0, 0.081)])
     summary = bench.refiner_time_to_quality_summary({"refiner_cpu": ours, "diffusevae_recipe": recipe})
-    for key in ("ours_steps_to_target", "ours_seconds_to_target", "ours_over_recipe_steps", "ours_over_recipe_wall_clock"):
-        assert summary[key] is None, key
+    for key in ("steps_to_target", "seconds_to_target", "over_recipe_steps", "over_recipe_wall_clock"):
+        assert summary[f"refiner_cpu_{key}"] is None, key
     assert bench.refiner_time_to_quality_summary({"refiner_cpu": ours}) == {"refiner_cpu_final_eps_mse": 0.081}
 
 
