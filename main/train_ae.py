@@ -22,7 +22,7 @@ from torch import nn
 from main.systems.latent_setup import prepare_latent_space
 from main.systems.stage_one import StageOneSystem
 from main.training import build_trainer as build_shared_trainer
-from main.training import fit, train_and_report
+from main.training import fit, seed_run, train_and_report
 from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 
@@ -47,7 +47,7 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
 
 def train(cfg: DictConfig) -> Path:
     """Fit stage one, on pixels or on an autoencoder's cached latents; returns the path of the last checkpoint."""
-    pl.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg.seed)
     if cfg.vae.space not in ("pixel", "latent"):
         raise UserError(f"vae.space={cfg.vae.space} is not a space: use pixel or latent")
     trainer = build_trainer(cfg)  # first: it resolves channels_last=auto

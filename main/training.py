@@ -35,12 +35,18 @@ from main.datasets import build_datamodule
 from main.systems.common import COMPUTE
 from main.utils.checkpoint import AtomicCheckpointIO, load_checkpoint, load_tensors_only
 from main.utils.config import in_sweep, plain
-from main.utils.errors import UserError, check_trainer_settings
+from main.utils.errors import UserError, check_seed, check_trainer_settings
 from main.utils.hardware import resolve_auto
 from main.utils.results import write_results
 
 # Data set settings that say where and how to read the data, not what it is: a resumed run may change them.
 RELOCATABLE = {"dataset.root", "dataset.download", "dataset.on_bad_file", "dataset.verify_files"}
+
+
+def seed_run(seed: Any) -> None:
+    """Seed Python, numpy, torch and the data workers for a training run; a seed they cannot take is one line."""
+    check_seed(seed)
+    pl.seed_everything(seed, workers=True)
 
 
 def resume_checkpoint(resume: bool | str, run_dir: Path) -> str | None:
@@ -154,8 +160,8 @@ def build_trainer(cfg: DictConfig, monitor: str) -> pl.Trainer:
     cfg.plots.training_curves plots the CSV log at the end, so a CSV log is kept beside TensorBoard or wandb. `auto` in
     trainer.precision and channels_last is resolved here, in cfg (main/utils/hardware.py): build the system after the Trainer.
     """
+    check_trainer_settings(plain(cfg.trainer))  # first: resolve_auto names the device it would train on
     resolve_auto(cfg)
-    check_trainer_settings(plain(cfg.trainer))
     if cfg.trainer.max_steps == 0:
         raise UserError("trainer.max_steps=0 would train nothing and write no checkpoint: give a number of updates, or -1 for no limit")
     run_dir = Path(cfg.run_dir)
