@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from main.systems.latent_setup import prepare_latent_space
-from main.systems.stage_one import StageOneSystem
+from main.systems.stage_one import StageOneSystem, val_bpd_key
 from main.training import build_trainer as build_shared_trainer
 from main.training import fit, seed_run, train_and_report
 from main.utils.config import plain, print_config_tree
@@ -41,8 +41,13 @@ def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: nn.Mod
     return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
 
 
+def val_bpd(cfg: DictConfig) -> str:
+    """The validation bits/dim best.ckpt follows and a sweeper minimises: val/bpd_given_label for a class-conditional model."""
+    return val_bpd_key(cfg.vae.model.get("num_classes"))
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    return build_shared_trainer(cfg, monitor="val/bpd")
+    return build_shared_trainer(cfg, monitor=val_bpd(cfg))
 
 
 def train(cfg: DictConfig) -> Path:
@@ -61,7 +66,7 @@ def train(cfg: DictConfig) -> Path:
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     print_config_tree(cfg)
-    return train_and_report(train, cfg, objective="val/bpd")  # what a sweeper minimises
+    return train_and_report(train, cfg, objective=val_bpd(cfg))  # what a sweeper minimises
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code_even_when_the_environme
 
 def best_state(checkpoint: dict) -> dict:
     """The state of the callback that keeps best.ckpt, as saved in ``checkpoint``."""
-    return next(state for key, state in checkpoint["callbacks"].items() if "val/bpd" in key)
+    return next(state for key, state in checkpoint["callbacks"].items() if "val/bpd_given_label" in key)
 
 
 def test_a_moved_run_folder_resumes_in_place(tmp_path):
@@ -219,3 +219,25 @@ def test_a_new_job_over_a_run_with_only_an_hpc_checkpoint_is_refused(tmp_path, s
     steps.clear()
     assert load_checkpoint(train_stage_one(tiny_train_config(tmp_path, *settings, "resume=true")), "vae")["global_step"] == 3
     assert steps == [1, 2]
+
+
+def test_a_class_conditional_run_saved_with_the_old_val_bpd_name_resumes_with_its_best_score(tmp_path):
+    """Its best.ckpt state was kept under monitor val/bpd, now val/bpd_given_label: resuming keeps the best score (here
+    one no validation beats), so best.ckpt is not written over, and last.ckpt carries the state under the new name."""
+    train_stage_one(tiny_train_config(tmp_path, *TWO_STEPS))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    [key] = [key for key in checkpoint["callbacks"] if "'val/bpd_given_label'" in key]
+    old = checkpoint["callbacks"].pop(key)
+    unbeaten = torch.tensor(0.01)
+    old |= {"monitor": "val/bpd", "best_model_score": unbeaten, "kth_value": unbeaten, "best_k_models": {old["best_model_path"]: unbeaten}}
+    checkpoint["callbacks"][key.replace("'val/bpd_given_label'", "'val/bpd'")] = old
+    torch.save(checkpoint, last)
+    best = (tmp_path / "checkpoints" / "best.ckpt").read_bytes()
+
+    resumed = load_checkpoint(
+        train_stage_one(tiny_train_config(tmp_path, "trainer.max_steps=4", "trainer.val_check_interval=2", "resume=true")), "vae"
+    )
+    assert resumed["global_step"] == 4 and (tmp_path / "checkpoints" / "best.ckpt").read_bytes() == best
+    assert not [key for key in resumed["callbacks"] if "'val/bpd'" in key]
+    assert best_state(resumed)["monitor"] == "val/bpd_given_label" and best_state(resumed)["best_model_score"] == unbeaten
