@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from main.systems.latent_setup import prepare_latent_space
-from main.systems.stage_one import StageOneSystem
+from main.systems.stage_one import StageOneSystem, val_bpd_key
 from main.training import build_trainer as build_shared_trainer
-from main.training import fit, train_and_report
+from main.training import fit, seed_run, train_and_report
 from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 
@@ -41,13 +41,18 @@ def build_system(cfg: DictConfig, model: dict | None = None, autoencoder: nn.Mod
     return system.to(memory_format=torch.channels_last) if cfg.channels_last else system
 
 
+def val_bpd(cfg: DictConfig) -> str:
+    """The validation bits/dim best.ckpt follows and a sweeper minimises: val/bpd_given_label for a class-conditional model."""
+    return val_bpd_key(cfg.vae.model.get("num_classes"))
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    return build_shared_trainer(cfg, monitor="val/bpd")
+    return build_shared_trainer(cfg, monitor=val_bpd(cfg))
 
 
 def train(cfg: DictConfig) -> Path:
     """Fit stage one, on pixels or on an autoencoder's cached latents; returns the path of the last checkpoint."""
-    pl.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg.seed)
     if cfg.vae.space not in ("pixel", "latent"):
         raise UserError(f"vae.space={cfg.vae.space} is not a space: use pixel or latent")
     trainer = build_trainer(cfg)  # first: it resolves channels_last=auto
@@ -61,7 +66,7 @@ def train(cfg: DictConfig) -> Path:
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     print_config_tree(cfg)
-    return train_and_report(train, cfg, objective="val/bpd")  # what a sweeper minimises
+    return train_and_report(train, cfg, objective=val_bpd(cfg))  # what a sweeper minimises
 
 
 if __name__ == "__main__":

@@ -13,19 +13,18 @@ except ModuleNotFoundError:
 from pathlib import Path
 
 import hydra
-import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
 from main.systems.autoencoder import AutoencoderSystem
-from main.training import build_trainer, fit, train_and_report
+from main.training import build_trainer, fit, seed_run, train_and_report
 from main.utils.config import plain, print_config_tree
 from main.utils.errors import exit_on_user_error, run_entry_point
 
 
 def train(cfg: DictConfig) -> Path:
     """Fit the autoencoder; returns the path of the last checkpoint."""
-    pl.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg.seed)
     trainer = build_trainer(cfg, monitor="val/loss")  # first: it resolves channels_last=auto
     system = AutoencoderSystem(model=plain(cfg.autoencoder.model), optim=plain(cfg.autoencoder.optim), data=plain(cfg.dataset))
     return fit(cfg, system.to(memory_format=torch.channels_last) if cfg.channels_last else system, trainer, cfg.autoencoder.batch_size)

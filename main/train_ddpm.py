@@ -14,13 +14,12 @@ except ModuleNotFoundError:
 from pathlib import Path
 
 import hydra
-import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
 from main.models.diffusion.unet import unet_kwargs
 from main.systems.stage_two import StageTwoSystem
-from main.training import build_trainer, fit, train_and_report
+from main.training import build_trainer, fit, seed_run, train_and_report
 from main.utils.config import plain, print_config_tree
 from main.utils.errors import UserError, exit_on_user_error, run_entry_point
 
@@ -66,7 +65,7 @@ def build_system(cfg: DictConfig) -> StageTwoSystem:
 
 def train(cfg: DictConfig) -> Path:
     """Fit the refiner; returns the path of the last checkpoint."""
-    pl.seed_everything(cfg.seed, workers=True)
+    seed_run(cfg.seed)
     trainer = build_trainer(cfg, monitor="val/loss")
     return fit(cfg, build_system(cfg), trainer, cfg.ddpm.batch_size)
 

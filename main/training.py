@@ -33,9 +33,9 @@ from main.callbacks.step_progress import StepProgressBar
 from main.callbacks.train_timer import TrainTimer
 from main.datasets import build_datamodule
 from main.systems.common import COMPUTE
-from main.utils.checkpoint import AtomicCheckpointIO, load_checkpoint
+from main.utils.checkpoint import AtomicCheckpointIO, load_checkpoint, load_tensors_only
 from main.utils.config import in_sweep, plain
-from main.utils.errors import UserError, check_trainer_settings
+from main.utils.errors import UserError, check_seed, check_trainer_settings
 from main.utils.hardware import resolve_auto
 from main.utils.results import write_results
 
@@ -43,22 +43,53 @@ from main.utils.results import write_results
 RELOCATABLE = {"dataset.root", "dataset.download", "dataset.on_bad_file", "dataset.verify_files"}
 
 
-def resume_checkpoint(resume: bool | str, checkpoint_dir: Path) -> str | None:
-    """The checkpoint to continue from, refusing to start a new run over an old one."""
+def seed_run(seed: Any) -> None:
+    """Seed Python, numpy, torch and the data workers for a training run; a seed they cannot take is one line."""
+    check_seed(seed)
+    pl.seed_everything(seed, workers=True)
+
+
+def resume_checkpoint(resume: bool | str, run_dir: Path) -> str | None:
+    """The checkpoint to continue from, refusing to start a new run over an old one.
+
+    A job SLURM requeued (Lightning's auto-requeue at the time limit saved run_dir/hpc_ckpt_<n>.ckpt and asked for it)
+    runs the same command again, without resume=true: it resumes as resume=true would, so that it goes through the
+    same checks instead of being refused (or, had only an hpc checkpoint been written, resumed by Lightning unchecked).
+    """
+    checkpoint_dir = run_dir / "checkpoints"
     if resume is True:
-        last = checkpoint_dir / "last.ckpt"
-        if not last.is_file():
+        newest = newest_checkpoint(run_dir)
+        if newest is None:
+            last = checkpoint_dir / "last.ckpt"
             raise UserError(f"resume=true but '{last}' does not exist: start without resume, or pass resume=<checkpoint path>")
-        return str(last)
+        return newest
     if resume:
         if not Path(resume).is_file():
             raise UserError(f"resume checkpoint '{resume}' does not exist: pass the path of a .ckpt file")
         return str(resume)
-    if checkpoint_dir.is_dir() and any(checkpoint_dir.glob("*.ckpt")):
+    if any(checkpoint_dir.glob("*.ckpt")) or any(run_dir.glob("hpc_ckpt_*.ckpt")):
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        if restarts.isdigit() and int(restarts) >= 1:
+            path = resume_checkpoint(True, run_dir)
+            job = os.environ.get("SLURM_JOB_ID", "?")
+            rank_zero_info(f"SLURM requeued job {job} (restart {restarts}): resuming from '{path}' as resume=true would")
+            return path
         raise UserError(
-            f"'{checkpoint_dir}' already holds checkpoints: pass resume=true to continue that run, or name=<new name> to start another"
+            f"'{run_dir}' already holds checkpoints: pass resume=true to continue that run, or name=<new name> to start another"
         )
     return None
+
+
+def newest_checkpoint(run_dir: Path) -> str | None:
+    """The one of run_dir/checkpoints/last.ckpt and Lightning's latest run_dir/hpc_ckpt_<n>.ckpt (saved at a SLURM time
+    limit, usually after the last validation) with more updates; None if there is neither."""
+    saved = [path for path in run_dir.glob("hpc_ckpt_*.ckpt") if path.stem.removeprefix("hpc_ckpt_").isdigit()]
+    hpc = max(saved, key=lambda path: int(path.stem.removeprefix("hpc_ckpt_")), default=None)
+    found = [path for path in (hpc, run_dir / "checkpoints" / "last.ckpt") if path is not None and path.is_file()]
+    if len(found) < 2:
+        return str(found[0]) if found else None
+    steps = {path: load_tensors_only(path, "checkpoint", "delete it to resume from the other", mmap=True)["global_step"] for path in found}
+    return str(max(found, key=steps.get))
 
 
 def check_resume_settings(cfg: DictConfig, system: pl.LightningModule, path: str) -> None:
@@ -129,8 +160,8 @@ def build_trainer(cfg: DictConfig, monitor: str) -> pl.Trainer:
     cfg.plots.training_curves plots the CSV log at the end, so a CSV log is kept beside TensorBoard or wandb. `auto` in
     trainer.precision and channels_last is resolved here, in cfg (main/utils/hardware.py): build the system after the Trainer.
     """
+    check_trainer_settings(plain(cfg.trainer))  # first: resolve_auto names the device it would train on
     resolve_auto(cfg)
-    check_trainer_settings(plain(cfg.trainer))
     if cfg.trainer.max_steps == 0:
         raise UserError("trainer.max_steps=0 would train nothing and write no checkpoint: give a number of updates, or -1 for no limit")
     run_dir = Path(cfg.run_dir)
@@ -220,7 +251,7 @@ def fit(cfg: DictConfig, system: pl.LightningModule, trainer: pl.Trainer, batch_
     run_dir = Path(cfg.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     with locked_run_dir(run_dir) as holder:
-        ckpt_path = resume_checkpoint(cfg.resume, checkpoint_dir)
+        ckpt_path = resume_checkpoint(cfg.resume, run_dir)
         if ckpt_path:
             check_resume_settings(cfg, system, ckpt_path)
         if holder:

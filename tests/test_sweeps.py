@@ -17,9 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 
 from main.train_ae import train as train_stage_one
 from main.train_ddpm import train as train_refiner
+from main.utils.checkpoint import load_checkpoint
 from main.utils.config import job_name
 
 TINY_VAE_MODEL = [arg for arg in TINY_DIGITS if arg.startswith("vae.model.")]
+TWO_STEPS = ["trainer.max_steps=2", "trainer.val_check_interval=2"]
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +67,22 @@ def test_a_training_sweep_gives_every_job_its_own_run_folder_and_a_summary(monke
     for row, folder in zip(rows, folders):
         final = metrics(tmp_path / folder)
         assert final["global_step"] == 2  # validated at the end, though val_check_interval is 1000
-        assert float(row["objective"]) == pytest.approx(final["val/bpd"])  # what train_ae.py returned
-        assert float(row["val/bpd"]) == pytest.approx(final["val/bpd"]) and float(row["wall_seconds"]) > 0
+        assert float(row["objective"]) == pytest.approx(final["val/bpd_given_label"])  # what train_ae.py returned
+        assert float(row["val/bpd_given_label"]) == pytest.approx(final["val/bpd_given_label"]) and float(row["wall_seconds"]) > 0
     assert "├── trainer" in capsys.readouterr().out  # the resolved config, printed as a tree at the start of each job
+
+
+def test_a_stage_one_sweep_minimises_the_bits_per_dim_each_model_logs(monkeypatch, tmp_path):
+    """An unconditional model's val/bpd (-log p(x)); a class-conditional one's val/bpd_given_label (-log p(x|c)), which
+    its best.ckpt follows too."""
+    sweep(monkeypatch, "train_ae", f"hydra.sweep.dir={tmp_path}", "vae.model.num_classes=0,10", *TINY_DIGITS, *TWO_STEPS)
+    rows = {row["overrides"]: row for row in summary(tmp_path)}
+    for classes, logged, other in [("0", "val/bpd", "val/bpd_given_label"), ("10", "val/bpd_given_label", "val/bpd")]:
+        row = rows[f"vae.model.num_classes={classes}"]
+        final = metrics(tmp_path / row["folder"])
+        assert float(row["objective"]) == pytest.approx(final[logged]) and other not in final
+        best = load_checkpoint(tmp_path / row["folder"] / "checkpoints" / "best.ckpt", "vae")
+        assert [state["monitor"] for key, state in best["callbacks"].items() if "RunCheckpoint" in key] == [logged, None]
 
 
 def test_a_refiner_sweep_returns_the_validation_loss(monkeypatch, tmp_path, stage_one):
@@ -118,7 +133,7 @@ def test_the_optuna_search_minimises_the_validation_bpd_its_trials_return(monkey
     assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
     for row in rows:
         assert row["overrides"].count("vae.optim.") == 3  # lr, warmup_steps, ema_rate: the searched settings name the folder
-        assert float(row["objective"]) == pytest.approx(metrics(tmp_path / row["folder"])["val/bpd"])
+        assert float(row["objective"]) == pytest.approx(metrics(tmp_path / row["folder"])["val/bpd_given_label"])
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(float(row["objective"]) for row in rows))
 

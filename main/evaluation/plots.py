@@ -29,7 +29,7 @@ SPEED_QUALITY_SIZE = (8.0, 5.0)
 PALETTE = [to_hex(color) for color in colormaps["tab10"].colors]
 INACTIVE, REFERENCE = "#f2f2f2", "#444444"  # fill of inactive KL bars; threshold line
 TRAIN_KEY = "train/loss"
-VALIDATION_KEYS = ("val/loss", "val/bpd", "fid")  # each logged one gets a panel, in this order
+VALIDATION_KEYS = ("val/loss", "val/bpd", "val/bpd_given_label", "fid")  # each logged one gets a panel, in this order
 
 
 def _figure(size: tuple[float, float], layout: str | None = "constrained") -> Figure:
@@ -96,7 +96,7 @@ def smooth(values: Sequence[float], window: float) -> list[float]:
 
 
 def plot_training_curves(metrics_csv: Path | Sequence[Path], out_png: Path) -> Path:
-    """Train loss per step (raw, faint; smoothed, dark) and each validation metric (val/loss, val/bpd, fid) per validation."""
+    """Train loss per step (raw, faint; smoothed, dark) and each validation metric (VALIDATION_KEYS) per validation."""
     columns = read_metrics(metrics_csv)
     keys = [key for key in (TRAIN_KEY, *VALIDATION_KEYS) if key in columns]
     cols = min(2, len(keys))

@@ -106,23 +106,42 @@ class StageOneSystem(GuardedSystem):
 
     def validation_step(self, batch, batch_idx):
         x, labels = batch
-        self._log_eval("val", self.ema_vae(self._inputs(x), labels))
+        self._log_eval("val", self.ema_vae(self._inputs(x), labels), bpd=val_bpd_key(self.vae.num_classes))
 
     def test_step(self, batch, batch_idx):
         x, labels = batch
-        self._log_eval("test", self.ema_vae(self._inputs(x), labels))
+        self._log_eval("test", self.ema_vae(self._inputs(x), labels), bpd="test/bpd")  # evaluation names its passes
 
-    def _log_eval(self, split: str, elbo: ELBO) -> None:
-        """Epoch means over every rank's images, and the number of latent groups that carry information."""
+    def _log_eval(self, split: str, elbo: ELBO, bpd: str) -> None:
+        """Epoch means over every rank's images (bits/dim under the name ``bpd``), and the number of latent groups that
+        carry information."""
         n = elbo.loss.shape[0]
-        self.log_dict(elbo_metrics(split, elbo), on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        metrics = elbo_metrics(split, elbo)
+        metrics[bpd] = metrics.pop(f"{split}/bpd")
+        self.log_dict(metrics, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
         active = (elbo.kl_per_group.mean(0) * math.prod(self.vae_shape) > 0.01).sum()
         self.log(f"{split}/active_groups", active.float(), on_epoch=True, sync_dist=True, batch_size=n)
+
+    @staticmethod
+    def upgrade_checkpoint(checkpoint: dict[str, Any]) -> None:
+        """A class-conditional run saved while its validation bits/dim was still logged as val/bpd holds best.ckpt's state
+        under that monitor: move it to val/bpd_given_label, so that resuming it keeps the best score (and best.ckpt)."""
+        if not checkpoint.get("hyper_parameters", {}).get("model", {}).get("num_classes"):
+            return
+        callbacks, new = checkpoint.get("callbacks", {}), val_bpd_key(True)
+        for key in [key for key in callbacks if "'monitor': 'val/bpd'," in key]:
+            callbacks[key.replace("'val/bpd'", repr(new))] = {**callbacks.pop(key), "monitor": new}
 
     @property
     def vae_shape(self) -> tuple[int, int, int]:
         v = self.vae
         return (v.channels, v.image_size, v.image_size)
+
+
+def val_bpd_key(num_classes: int | None) -> str:
+    """The name validation's bits/dim is logged under: a class-conditional model is scored given each image's label, so
+    its number is -log p(x|c), named as evaluation names it (test_bpd_given_label), not -log p(x)."""
+    return "val/bpd_given_label" if num_classes else "val/bpd"
 
 
 def elbo_metrics(split: str, elbo: ELBO) -> dict[str, torch.Tensor]:

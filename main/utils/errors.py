@@ -160,10 +160,12 @@ def run_entry_point(main: Callable[[], None], config_dir: Path) -> None:
 
 
 def check_trainer_settings(trainer: dict) -> None:
-    """Trainer arguments Lightning takes but then mishandles: 16-mixed on the CPU (it would quietly train in bf16-mixed;
-    fp16 with loss scaling is a GPU mode there) and a validation interval of 0 (a division by zero mid-run)."""
+    """Trainer arguments Lightning refuses with a traceback or takes but then mishandles: an accelerator it does not know
+    or this machine cannot run, 16-mixed on the CPU (it would quietly train in bf16-mixed; fp16 with loss scaling is a
+    GPU mode there) and a validation interval of 0 (a division by zero mid-run)."""
     import torch
 
+    check_accelerator(trainer["accelerator"])
     on_cpu = trainer["accelerator"] == "cpu" or (
         trainer["accelerator"] == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available()
     )
@@ -178,3 +180,30 @@ def check_trainer_settings(trainer: dict) -> None:
             f"trainer.val_check_interval={interval} is not valid: use a number of training batches (>= 1) "
             "or a fraction of an epoch in (0, 1]"
         )
+
+
+def check_accelerator(accelerator) -> None:
+    """trainer.accelerator by name: one Lightning knows (it raises a ValueError otherwise) and this machine can run
+    (tpu without torch_xla is a ModuleNotFoundError). Accelerator objects are left to Lightning."""
+    if not isinstance(accelerator, str) or accelerator == "auto":
+        return
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    names = sorted(AcceleratorRegistry.available_accelerators())
+    usable = ["auto", *(name for name in names if AcceleratorRegistry[name]["accelerator"].is_available())]
+    if accelerator == "gpu":  # Lightning's alias of cuda or mps, whichever the machine has
+        runs = "cuda" in usable or "mps" in usable
+    elif accelerator in names:
+        runs = accelerator in usable
+    else:
+        raise UserError(f"trainer.accelerator={accelerator} is not an accelerator: use one of {', '.join(['auto', 'gpu', *names])}")
+    if not runs:
+        raise UserError(f"trainer.accelerator={accelerator} cannot run on this machine: use trainer.accelerator={' or '.join(usable)}")
+
+
+def check_seed(seed) -> None:
+    """seed: a whole number numpy can take (Lightning's seed_everything raises a ValueError otherwise, and rounds 1.5)."""
+    from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not min_seed_value <= seed <= max_seed_value:
+        raise UserError(f"seed={seed} is not a seed: use a whole number from {min_seed_value} to {max_seed_value}")

@@ -172,6 +172,17 @@ CASES = {
         [*TRAIN, "trainer.precision=16-mixed"],
         ["trainer.precision=16-mixed", "needs a GPU", "use trainer.precision=bf16-mixed or 32"],
     ),
+    "seed numpy cannot take": ("train_ae.py", [*TRAIN, "seed=-1"], ["seed=-1 is not a seed", "use a whole number from 0 to 4294967295"]),
+    "unknown accelerator": (
+        "train_ae.py",
+        [*TRAIN, "trainer.accelerator=banana"],
+        ["trainer.accelerator=banana is not an accelerator", "use one of auto, gpu, cpu, cuda, mps, tpu"],
+    ),
+    "accelerator the machine lacks": (
+        "train_ddpm.py",
+        [*TINY_REFINER, "stage_one={vae}", "trainer.accelerator=tpu"],
+        ["trainer.accelerator=tpu cannot run on this machine", "use trainer.accelerator=auto or cpu"],
+    ),
     "16-mixed on the CPU, autoencoder": (
         "train_autoencoder.py",
         ["dataset=digits", "trainer.max_steps=1", "trainer.precision=16-mixed"],

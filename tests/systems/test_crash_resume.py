@@ -78,12 +78,12 @@ def test_killed_and_resumed_twice_equals_uninterrupted(tmp_path, restore_determi
 
 
 def test_a_run_whose_metric_stopped_improving_still_checkpoints_every_validation(tmp_path, monkeypatch):
-    """last.ckpt is written at every validation, also when val/bpd did not improve (Lightning's save_last writes it only
+    """last.ckpt is written at every validation, also when val/bpd_given_label did not improve (Lightning's save_last writes it only
     with a new best); best.ckpt keeps the best. A run that dies after a plateau resumes from its last validation."""
     from main.systems.stage_one import StageOneSystem
 
     def flat_validation(self, batch, batch_idx):
-        self.log("val/bpd", torch.tensor(1.0), on_epoch=True, batch_size=len(batch[0]))
+        self.log("val/bpd_given_label", torch.tensor(1.0), on_epoch=True, batch_size=len(batch[0]))
 
     train_step = StageOneSystem.training_step
 

@@ -127,9 +127,9 @@ def test_stage_one_two_processes_train_like_one_with_twice_the_batch(tmp_path, p
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
     last = train_stage_one(tiny_train_config(one_dir, *STAGE_ONE, f"vae.batch_size={2 * B}"))
     writers = run_ddp("train_ae", tmp_path, [*TINY_DIGITS, f"run_dir={two_dir}", "name=test", *STAGE_ONE, f"vae.batch_size={B}"])
-    val_bpd = assert_same_curves(one_dir, two_dir, "train/loss", "val/bpd")
+    val_bpd = assert_same_curves(one_dir, two_dir, "train/loss", "val/bpd_given_label")
 
-    # the reduced val/bpd is the mean over both ranks' halves of the val split, far from rank 0's half alone
+    # the reduced val/bpd_given_label is the mean over both ranks' halves of the val split, far from rank 0's half alone
     images, labels = next(iter(build_datamodule(tiny_train_config(one_dir).dataset, batch_size=180).val_dataloader()))
     with torch.no_grad():
         rank_zero_half = load_stage_one(last)[0].ema_vae(images[0::2], labels[0::2]).loss.mean() / math.log(2)

@@ -1,9 +1,11 @@
-"""Resuming: through the safe loader only, in place after the run folder moved, and only with the settings it was trained with."""
+"""Resuming: through the safe loader only, in place after the run folder moved or a SLURM requeue, with the settings it was trained with."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -33,7 +35,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code_even_when_the_environme
 
 def best_state(checkpoint: dict) -> dict:
     """The state of the callback that keeps best.ckpt, as saved in ``checkpoint``."""
-    return next(state for key, state in checkpoint["callbacks"].items() if "val/bpd" in key)
+    return next(state for key, state in checkpoint["callbacks"].items() if "val/bpd_given_label" in key)
 
 
 def test_a_moved_run_folder_resumes_in_place(tmp_path):
@@ -149,3 +151,93 @@ def test_refiner_resumes_with_its_stage_one_moved(runs, tmp_path):
     for name, tensor in checkpoint["state_dict"].items():
         if name.startswith("stage_one."):
             assert torch.equal(tensor, stage_one[name.replace("stage_one.", "ema.module.", 1)]), name
+
+
+@pytest.fixture
+def slurm_time_limit(monkeypatch):
+    """Stage one's training_step: at update ``at`` it runs Lightning's SIGUSR1 handler (the sbatch script's
+    --signal=SIGUSR1@90: save run_dir/hpc_ckpt_<n>.ckpt, `scontrol requeue`), then dies as the job does at its time
+    limit. Returns the step counter and the requeue commands; a test then restores the step with ``undo``."""
+    from lightning.pytorch.trainer.connectors import signal_connector
+
+    from main.systems.stage_one import StageOneSystem
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    requeues, steps = [], []
+    monkeypatch.setattr(signal_connector, "call", lambda command: requeues.append(command) or 0)
+    train_step = StageOneSystem.training_step
+
+    def arm(at: int | None):
+        def step(self, batch, batch_idx):
+            if self.global_step == at:
+                self.trainer._signal_connector._slurm_sigusr_handler_fn(signal.SIGUSR1, None)
+                raise RuntimeError("time limit")
+            steps.append(self.global_step)
+            return train_step(self, batch, batch_idx)
+
+        monkeypatch.setattr(StageOneSystem, "training_step", step)
+
+    return arm, steps, requeues
+
+
+def test_a_requeued_slurm_job_resumes_from_the_checkpoint_saved_at_the_signal(tmp_path, slurm_time_limit, monkeypatch, caplog):
+    """SLURM starts a requeued job with the same command (no resume=true): it goes on from hpc_ckpt_1.ckpt (update 3),
+    newer than last.ckpt (update 2), through resume=true's checks. A job not requeued is refused as before."""
+    arm, steps, requeues = slurm_time_limit
+    settings = ["trainer.max_steps=5", "trainer.val_check_interval=2"]
+    arm(3)
+    with pytest.raises(RuntimeError, match="time limit"):
+        train_stage_one(tiny_train_config(tmp_path, *settings))
+    assert requeues == [["scontrol", "requeue", "4242"]] and (tmp_path / "hpc_ckpt_1.ckpt").is_file()
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt", "vae")["global_step"] == 2
+
+    arm(None)
+    assert "already holds checkpoints: pass resume=true" in user_error(train_stage_one, tiny_train_config(tmp_path, *settings))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    wider = tiny_train_config(tmp_path, *settings, "vae.model.width=32")
+    assert "vae.model.width=16, this run has 32" in user_error(train_stage_one, wider)
+    steps.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        last = train_stage_one(tiny_train_config(tmp_path, *settings))
+    assert steps == [3, 4] and load_checkpoint(last, "vae")["global_step"] == 5
+    resumed = [record.getMessage() for record in caplog.records if record.getMessage().startswith("SLURM")]
+    assert resumed == [f"SLURM requeued job 4242 (restart 1): resuming from '{tmp_path / 'hpc_ckpt_1.ckpt'}' as resume=true would"]
+
+
+def test_a_new_job_over_a_run_with_only_an_hpc_checkpoint_is_refused(tmp_path, slurm_time_limit):
+    """Under SLURM Lightning would resume it by itself, unchecked; and resume=true finds it."""
+    arm, steps, _ = slurm_time_limit
+    settings = ["trainer.max_steps=3", "trainer.val_check_interval=4"]
+    arm(1)
+    with pytest.raises(RuntimeError, match="time limit"):
+        train_stage_one(tiny_train_config(tmp_path, *settings))
+    assert not (tmp_path / "checkpoints").exists() and (tmp_path / "hpc_ckpt_1.ckpt").is_file()
+    arm(None)
+    assert "already holds checkpoints: pass resume=true" in user_error(train_stage_one, tiny_train_config(tmp_path, *settings))
+    steps.clear()
+    assert load_checkpoint(train_stage_one(tiny_train_config(tmp_path, *settings, "resume=true")), "vae")["global_step"] == 3
+    assert steps == [1, 2]
+
+
+def test_a_class_conditional_run_saved_with_the_old_val_bpd_name_resumes_with_its_best_score(tmp_path):
+    """Its best.ckpt state was kept under monitor val/bpd, now val/bpd_given_label: resuming keeps the best score (here
+    one no validation beats), so best.ckpt is not written over, and last.ckpt carries the state under the new name."""
+    train_stage_one(tiny_train_config(tmp_path, *TWO_STEPS))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    [key] = [key for key in checkpoint["callbacks"] if "'val/bpd_given_label'" in key]
+    old = checkpoint["callbacks"].pop(key)
+    unbeaten = torch.tensor(0.01)
+    old |= {"monitor": "val/bpd", "best_model_score": unbeaten, "kth_value": unbeaten, "best_k_models": {old["best_model_path"]: unbeaten}}
+    checkpoint["callbacks"][key.replace("'val/bpd_given_label'", "'val/bpd'")] = old
+    torch.save(checkpoint, last)
+    best = (tmp_path / "checkpoints" / "best.ckpt").read_bytes()
+
+    resumed = load_checkpoint(
+        train_stage_one(tiny_train_config(tmp_path, "trainer.max_steps=4", "trainer.val_check_interval=2", "resume=true")), "vae"
+    )
+    assert resumed["global_step"] == 4 and (tmp_path / "checkpoints" / "best.ckpt").read_bytes() == best
+    assert not [key for key in resumed["callbacks"] if "'val/bpd'" in key]
+    assert best_state(resumed)["monitor"] == "val/bpd_given_label" and best_state(resumed)["best_model_score"] == unbeaten
