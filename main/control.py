@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Subset
 
 from main.api import load_system
 from main.datasets import build_datamodule, first_images
-from main.evaluation.common import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.common import batch_generator, check_settings, dataset_config, in_batches, pick_device
 from main.models.diffusion import SamplerConfig
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
@@ -246,7 +246,7 @@ def run(cfg: DictConfig) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
     """Run cfg.task: (what results.json holds, uint8 stage-one images [N, S, C, H, W], their refinements or None)."""
     if cfg.task not in TASKS:
         raise UserError(f"unknown task {cfg.task!r}: choose from {list(TASKS)}")
-    check_counts(cfg, "n", "batch_size", *(["attribute.n_images"] if cfg.task == "attribute" else []), nullable=("attribute.n_images",))
+    check_settings(cfg, "n", "batch_size", *(["attribute.n_images"] if cfg.task == "attribute" else []), nullable=("attribute.n_images",))
     device = pick_device(cfg.device)
     vae, refiner, checkpoint, data = load_stages(cfg.checkpoint)
     vae, refiner = vae.to(device).eval(), refiner.to(device).eval() if refiner is not None else None

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from main.datasets import first_images
-from main.evaluation.common import batch_generator, check_counts, dataset_config, in_batches, pick_device
+from main.evaluation.common import batch_generator, check_settings, dataset_config, in_batches, pick_device
 from main.evaluation.plots import plot_noisy_conditioning
 from main.models.diffusion import SamplerConfig
 from main.models.diffusion.corruptions import check_strength, corrupt
@@ -65,7 +65,7 @@ def corruption_points(corruptions) -> list[tuple[str, float]]:
 def evaluate(cfg: DictConfig) -> dict:
     """Refine corrupted stage-one reconstructions of test images; returns what results.json holds."""
     points = corruption_points(cfg.corruptions)
-    check_counts(cfg, "n", "batch_size", "examples")
+    check_settings(cfg, "n", "batch_size", "examples")
     device = pick_device(cfg.device)
     system, checkpoint = load_stage_two(cfg.checkpoint)
     if system.stage_one is None:

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.io import decode_png, read_file
 
-from main.utils.errors import UserError
+from main.utils.errors import UserError, check_seed
 from main.utils.image_io import check_writable, finish_staging, save_pngs, start_staging
 from main.utils.progress import progress_bar
 
@@ -44,9 +44,11 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def check_counts(cfg: DictConfig, *keys: str, nullable: Sequence[str] = ()) -> None:
-    """Refuse in one line a count below 1 (images, batch size, draws) that would fail deep inside or write nothing;
-    keys in ``nullable`` may be null too (all)."""
+def check_settings(cfg: DictConfig, *keys: str, nullable: Sequence[str] = ()) -> None:
+    """Refuse in one line the settings every evaluation has that would fail deep inside or write nothing: a seed the
+    generators cannot take, and a count at ``keys`` below 1 (images, batch size, draws); keys in ``nullable`` may be
+    null too (all)."""
+    check_seed(cfg.seed)
     for key in keys:
         value = OmegaConf.select(cfg, key)
         if value is None and key in nullable:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from main.datasets import build_datamodule, first_images
-from main.evaluation.common import batch_generator, check_counts, dataset_config, generate_to, pick_device
+from main.evaluation.common import batch_generator, check_settings, dataset_config, generate_to, pick_device
 from main.evaluation.plots import plot_kl_per_group
 from main.models.latent_space import LatentSpaceModel
 from main.models.vdvae import HierarchicalVAE
@@ -27,7 +27,7 @@ from main.utils.progress import progress_bar
 from main.utils.results import write_results
 
 TASKS = ("bpd", "iw_bpd", "samples", "class_samples", "reconstructions")
-COUNTS = {  # the counts each task reads (check_counts)
+COUNTS = {  # the counts each task reads (check_settings)
     "iw_bpd": ("iw_bpd.samples", "iw_bpd.n_images"),
     "samples": ("samples.n",),
     "class_samples": ("class_samples.n_per_class",),
@@ -118,7 +118,7 @@ def evaluate(cfg: DictConfig) -> dict:
     unknown = set(cfg.tasks) - set(TASKS)
     if unknown:
         raise UserError(f"unknown tasks {sorted(unknown)}: choose from {list(TASKS)}")
-    check_counts(cfg, "batch_size", *(key for task in cfg.tasks for key in COUNTS.get(task, ())), nullable=("iw_bpd.n_images",))
+    check_settings(cfg, "batch_size", *(key for task in cfg.tasks for key in COUNTS.get(task, ())), nullable=("iw_bpd.n_images",))
     if cfg.bpd.split not in ("test", "val"):
         raise UserError(f"bpd.split={cfg.bpd.split!r}: use test or val")
     system, checkpoint = load_stage_one(cfg.checkpoint)

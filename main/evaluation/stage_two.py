@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from main.datasets import first_images
-from main.evaluation.common import Shard, batch_generator, check_counts, dataset_config, generate_to
+from main.evaluation.common import Shard, batch_generator, check_settings, dataset_config, generate_to
 from main.evaluation.fid import DEFAULT_CACHE, Scorer, load_path, load_reference, parse_metrics
 from main.evaluation.plots import plot_speed_quality
 from main.systems.stage_two import StageTwoSystem, interleave_rows, load_stage_two
@@ -25,7 +25,7 @@ from main.utils.image_io import check_writable, save_grid, save_npz, save_pngs, 
 from main.utils.results import write_results
 
 TASKS = ("samples", "class_samples", "reconstructions", "interpolation", "speed_quality")
-COUNTS = {  # the counts each task reads (check_counts)
+COUNTS = {  # the counts each task reads (check_settings)
     "samples": "samples.n",
     "class_samples": "class_samples.n_per_class",
     "reconstructions": "reconstructions.n",
@@ -202,7 +202,7 @@ def evaluate(cfg: DictConfig, device: torch.device | None = None, shard: Shard |
     unknown = set(cfg.tasks) - set(TASKS)
     if unknown:
         raise UserError(f"unknown tasks {sorted(unknown)}: choose from {list(TASKS)}")
-    check_counts(cfg, "batch_size", *(COUNTS[task] for task in cfg.tasks))
+    check_settings(cfg, "batch_size", *(COUNTS[task] for task in cfg.tasks))
     shard = shard or Shard()
     system, checkpoint = load_stage_two(cfg.checkpoint)
     system = system.to(device or torch.device("cpu")).eval()

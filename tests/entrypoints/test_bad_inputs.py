@@ -282,6 +282,11 @@ CASES = {
         ["checkpoint={vae}", "tasks=[bpd]", "bpd.split=train", "out_dir={tmp}"],
         ["use test or val"],
     ),
+    "evaluation seed numpy cannot take": (
+        "test_ddpm.py",
+        ["checkpoint={refiner}", "seed=abc", "out_dir={tmp}"],
+        ["seed=abc is not a seed", "use a whole number from 0 to 4294967295"],
+    ),
     "device that does not exist": ("test_ae.py", ["checkpoint={vae}", "device=tpu", "out_dir={tmp}"], ["device='tpu' is not a device"]),
     "CUDA device the machine lacks": (
         "control.py",
